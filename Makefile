@@ -1,0 +1,47 @@
+# GroupPose-D2 developer entry points. `make setup` is idempotent: each step leaves a stamp in
+# .venv/ and reruns only when its inputs change.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMPS := $(VENV)/.stamps
+CSRC := $(wildcard projects/GroupPose/grouppose/layers/csrc/*)
+
+.PHONY: setup test test-all lint clean help
+
+help:
+	@echo "make setup     create .venv with torch, detectron2 and grouppose (idempotent)"
+	@echo "make test      setup, lint, then the fast test suite"
+	@echo "make test-all  setup, then every test including the slow ones"
+
+setup: $(STAMPS)/grouppose
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMPS)/torch: | $(PY)
+	$(PIP) install --quiet --upgrade "pip>=23.1" "setuptools>=64" wheel
+	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/detectron2: $(STAMPS)/torch tools/install_detectron2.py
+	$(PY) tools/install_detectron2.py
+	@touch $@
+
+# Editable install; rebuilds the compiled op (grouppose._C) when its sources change.
+$(STAMPS)/grouppose: $(STAMPS)/detectron2 setup.py $(CSRC)
+	$(PIP) install --quiet --no-build-isolation -e ".[test]"
+	@touch $@
+
+lint: setup
+	$(PY) -m ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+test-all: setup
+	$(PY) -m pytest -m "slow or not slow"
+
+clean:
+	rm -rf build projects/GroupPose/grouppose/*.so projects/GroupPose/*.egg-info

@@ -1,0 +1,171 @@
+"""The detectron2 installer's decisions and compatibility changes (no network access)."""
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+
+def _load_installer():
+    path = REPO_ROOT / "tools" / "install_detectron2.py"
+    spec = importlib.util.spec_from_file_location("install_detectron2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+installer = _load_installer()
+
+
+@pytest.mark.parametrize(
+    "env, usable, expected",
+    [
+        ({}, True, "keep"),
+        ({"DETECTRON2_SOURCE": "/src/detectron2"}, True, "keep"),
+        ({"DETECTRON2_SOURCE": "/src/detectron2"}, False, "source"),
+        ({"DETECTRON2_SOURCE": "git+https://example.org/d2.git"}, False, "source"),
+        ({"DETECTRON2_SOURCE": "  "}, False, "pypi"),
+        ({}, False, "pypi"),
+    ],
+)
+def test_choose_strategy(env, usable, expected):
+    assert installer.choose_strategy(env, detectron2_usable=usable) == expected
+
+
+@pytest.fixture
+def pip_calls(monkeypatch):
+    calls = []
+    monkeypatch.setattr(installer, "pip", lambda *args: calls.append(args))
+    return calls
+
+
+def test_install_from_source(pip_calls, tmp_path):
+    installer.install("source", {"DETECTRON2_SOURCE": "/src/d2 "}, tmp_path)
+    assert pip_calls == [("install", "--no-build-isolation", "/src/d2", installer.OPENCV)]
+
+
+def test_install_keep_does_nothing(pip_calls, tmp_path):
+    installer.install("keep", {}, tmp_path)
+    assert pip_calls == []
+
+
+def test_install_pypi_uses_cached_wheel(pip_calls, tmp_path, monkeypatch):
+    wheel = tmp_path / "detectron2-0.6+pypi.python.only-py3-none-any.whl"
+    wheel.touch()
+
+    def no_build(cache_dir):
+        raise AssertionError("a cached wheel must not be rebuilt")
+
+    monkeypatch.setattr(installer, "build_python_only_wheel", no_build)
+    installer.install("pypi", {}, tmp_path)
+    assert [call[-1] for call in pip_calls] == [str(wheel), installer.OPENCV]
+    assert "--force-reinstall" in pip_calls[0]
+
+
+def test_install_pypi_builds_when_not_cached(pip_calls, tmp_path, monkeypatch):
+    built = []
+
+    def fake_build(cache_dir):
+        wheel = cache_dir / "detectron2-0.6+pypi.python.only-py3-none-any.whl"
+        wheel.touch()
+        built.append(wheel)
+        return wheel
+
+    monkeypatch.setattr(installer, "build_python_only_wheel", fake_build)
+    installer.install("pypi", {}, tmp_path)
+    assert len(built) == 1
+    assert str(built[0]) in pip_calls[0]
+
+
+def test_patch_python_only(tmp_path):
+    package = tmp_path / "detectron2"
+    (package / "layers").mkdir(parents=True)
+    (package / "evaluation").mkdir()
+    (package / "data").mkdir()
+    (package / "layers" / "deform_conv.py").write_text(
+        "import torch\nfrom detectron2 import _C\n\ndef f():\n    return _C.deform_conv\n"
+    )
+    (package / "evaluation" / "fast_eval_api.py").write_text(
+        "from pycocotools.cocoeval import COCOeval\nfrom detectron2 import _C\n\n"
+        "class COCOeval_opt(COCOeval):\n    pass\n"
+    )
+    (package / "data" / "transform.py").write_text(
+        "from PIL import Image\ndef g(interp=Image.LINEAR):\n    return interp\n"
+    )
+    (package / "untouched.py").write_text("x = 1\n")
+
+    changed = installer.patch_python_only(package)
+
+    assert sorted(changed) == sorted([
+        "_python_only.py", "data/transform.py", "evaluation/fast_eval_api.py",
+        "layers/deform_conv.py",
+    ])
+    assert "Image.BILINEAR" in (package / "data" / "transform.py").read_text()
+    assert "Image.LINEAR" not in (package / "data" / "transform.py").read_text()
+    fast_eval = (package / "evaluation" / "fast_eval_api.py").read_text()
+    assert "COCOeval_opt = COCOeval" in fast_eval
+    # The patched modules import, and fail clearly only when a C++ op is called. A fresh
+    # interpreter keeps the installed detectron2 out of the way.
+    (package / "__init__.py").touch()
+    (package / "layers" / "__init__.py").touch()
+    code = (
+        "import detectron2.layers.deform_conv as m\n"
+        "assert not hasattr(m._C, '__file__')\n"
+        "m.f()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(tmp_path)})
+    assert "RuntimeError: detectron2._C.deform_conv is unavailable" in result.stderr
+    assert "python-only build" in result.stderr
+
+
+def test_patch_setup_py(tmp_path):
+    setup_py = tmp_path / "setup.py"
+    setup_py.write_text(textwrap.dedent("""\
+        setup(
+            name="pb1-detectron2",
+            version=get_version(),
+            ext_modules=get_extensions(),
+            cmdclass={"build_ext": torch.utils.cpp_extension.BuildExtension},
+        )
+    """))
+    installer.patch_setup_py(setup_py)
+    text = setup_py.read_text()
+    assert 'name="detectron2"' in text
+    assert f'version="{installer.PYTHON_ONLY_VERSION}"' in text
+    assert "get_extensions" not in text and "BuildExtension" not in text
+
+
+def test_patch_setup_py_refuses_unknown_layout(tmp_path):
+    setup_py = tmp_path / "setup.py"
+    setup_py.write_text("setup(name='something-else')\n")
+    with pytest.raises(RuntimeError, match="pb1-detectron2"):
+        installer.patch_setup_py(setup_py)
+
+
+def test_installed_detectron2_is_usable():
+    assert installer.check_detectron2() is None
+
+
+def test_extent_transform_default_interp_works_with_installed_pillow():
+    # ExtentTransform's default interpolation was Image.LINEAR, removed in Pillow 10.
+    from detectron2.data.transforms import ExtentTransform
+
+    image = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
+    out = ExtentTransform(src_rect=(0, 0, 10, 10), output_size=(5, 5)).apply_image(image)
+    assert out.shape == (5, 5, 3)
+
+
+def test_python_only_build_falls_back_to_pycocotools():
+    if importlib.util.find_spec("detectron2._python_only") is None:
+        pytest.skip("detectron2 here is not the python-only build")
+    import detectron2.layers  # noqa: F401  (imported _C at import time before the patch)
+    from detectron2.evaluation import COCOEvaluator  # noqa: F401
+    from detectron2.evaluation.fast_eval_api import COCOeval_opt
+    from pycocotools.cocoeval import COCOeval
+
+    assert COCOeval_opt is COCOeval

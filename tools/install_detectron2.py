@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""Install detectron2 into the current Python environment.
+
+Detectron2 publishes no wheels on any package registry, so this script picks the first
+strategy that applies and prints which one it took:
+
+1. ``keep``   -- detectron2 is already importable and usable (e.g. built from source): keep it.
+2. ``source`` -- ``DETECTRON2_SOURCE`` is set to a local checkout or a pip-installable URL:
+   ``pip install --no-build-isolation`` it (torch must already be installed).
+3. ``pypi``   -- build detectron2 0.6 from the registry sdist ``pb1-detectron2==0.6``. That
+   sdist holds upstream v0.6's Python files but not its C++ sources, so its own build fails.
+   We repackage the Python code alone as a distribution named ``detectron2`` (version
+   ``0.6+pypi.python.only``) with the sdist's own dependency list, after the minimal changes
+   that let it import without its C++ ops and under current Pillow:
+
+   * ``from detectron2 import _C`` (layers/, evaluation/fast_eval_api.py) becomes a guarded
+     import that falls back to an object raising a clear error when a C++ op is called;
+     ``COCOeval_opt`` falls back to pycocotools' ``COCOeval`` (same results, slower);
+   * ``Image.LINEAR`` (removed in Pillow 10; it was an alias) becomes ``Image.BILINEAR``.
+
+   The built wheel is cached under ``.cache/detectron2/`` so that re-runs are instant.
+
+The environment is then checked by importing the modules GroupPose-D2 uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Mapping, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "detectron2"
+
+SDIST_NAME = "pb1-detectron2"
+SDIST_VERSION = "0.6"
+PYTHON_ONLY_VERSION = "0.6+pypi.python.only"
+
+# detectron2 needs OpenCV but leaves its installation to the user; headless suits servers and CI.
+OPENCV = "opencv-python-headless"
+
+# The modules GroupPose-D2 needs; importing them proves an installation usable.
+REQUIRED_MODULES = (
+    "detectron2.modeling",
+    "detectron2.engine",
+    "detectron2.evaluation",
+    "detectron2.data.transforms",
+    "detectron2.utils.visualizer",
+)
+
+# Stand-in for the missing extension, written into the python-only build. Attribute access
+# raises, so only code that really calls a C++ op fails, and it says why.
+PYTHON_ONLY_MODULE = '''"""Stand-in for ``detectron2._C`` in a python-only build (see GroupPose-D2's
+tools/install_detectron2.py): detectron2's C++/CUDA ops are not compiled in this installation."""
+
+
+class _MissingCOps:
+    def __getattr__(self, name):
+        if name.startswith("__"):  # introspection (hasattr, copy, pickle) must not trip
+            raise AttributeError(name)
+        raise RuntimeError(
+            f"detectron2._C.{name} is unavailable: this detectron2 is a python-only build "
+            "without C++ ops. Build detectron2 from source to use it."
+        )
+
+
+MISSING_C_OPS = _MissingCOps()
+'''
+
+GUARDED_C_IMPORT = (
+    "try:\n"
+    "    from detectron2 import _C\n"
+    "except ImportError:  # python-only build: C++ ops unavailable\n"
+    "    from detectron2._python_only import MISSING_C_OPS as _C\n"
+)
+
+FAST_EVAL_FALLBACK = (
+    "\n\n# python-only build: without the C++ fast path, use pycocotools' own implementation.\n"
+    "from detectron2._python_only import MISSING_C_OPS  # noqa: E402\n"
+    "\n"
+    "if _C is MISSING_C_OPS:\n"
+    "    COCOeval_opt = COCOeval  # noqa: F811\n"
+)
+
+
+def log(message: str) -> None:
+    print(f"[install_detectron2] {message}", flush=True)
+
+
+def choose_strategy(env: Mapping[str, str], detectron2_usable: bool) -> str:
+    """Return ``"keep"``, ``"source"`` or ``"pypi"`` following the order in the module doc."""
+    if detectron2_usable:
+        return "keep"
+    if env.get("DETECTRON2_SOURCE", "").strip():
+        return "source"
+    return "pypi"
+
+
+def check_detectron2(python: str = sys.executable) -> Optional[str]:
+    """Import the required detectron2 modules in a fresh interpreter.
+
+    Returns:
+        None when all import, else the error text (last line of the traceback).
+    """
+    code = "; ".join(f"import {m}" for m in REQUIRED_MODULES)
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit code {result.returncode}"
+
+
+def pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+
+
+def patch_python_only(package_dir: Path) -> list[str]:
+    """Apply the python-only compatibility changes to an unpacked ``detectron2`` package.
+
+    Args:
+        package_dir: the ``detectron2`` folder of the sdist.
+    Returns:
+        The package-relative paths of the changed files.
+    """
+    changed = []
+    (package_dir / "_python_only.py").write_text(PYTHON_ONLY_MODULE)
+    changed.append("_python_only.py")
+    for path in sorted(package_dir.rglob("*.py")):
+        text = path.read_text()
+        new = re.sub(r"^from detectron2 import _C\n", GUARDED_C_IMPORT, text, flags=re.M)
+        if path.name == "fast_eval_api.py" and new != text:
+            new += FAST_EVAL_FALLBACK
+        new = re.sub(r"\bImage\.LINEAR\b", "Image.BILINEAR", new)
+        if new != text:
+            path.write_text(new)
+            changed.append(str(path.relative_to(package_dir)))
+    return changed
+
+
+def patch_setup_py(setup_py: Path) -> None:
+    """Rename the distribution to ``detectron2`` and drop its (absent) C++ extension."""
+    text = setup_py.read_text()
+    replacements = {
+        'name="pb1-detectron2"': 'name="detectron2"',
+        "version=get_version()": f'version="{PYTHON_ONLY_VERSION}"',
+        "ext_modules=get_extensions(),": "",
+        'cmdclass={"build_ext": torch.utils.cpp_extension.BuildExtension},': "",
+    }
+    for old, new in replacements.items():
+        if old not in text:
+            raise RuntimeError(f"{setup_py}: expected to find {old!r}; is this the 0.6 sdist?")
+        text = text.replace(old, new)
+    setup_py.write_text(text)
+
+
+def build_python_only_wheel(cache_dir: Path) -> Path:
+    """Download the sdist, patch it, and build the python-only wheel into ``cache_dir``."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        log(f"downloading the sdist {SDIST_NAME}=={SDIST_VERSION}")
+        # --no-build-isolation: preparing the sdist's metadata runs its setup.py, which
+        # imports torch; torch is installed in this environment, not in an isolated one.
+        pip("download", "--quiet", "--no-deps", "--no-build-isolation", "--no-binary", ":all:",
+            "-d", str(tmp_path), f"{SDIST_NAME}=={SDIST_VERSION}")
+        sdist = next(tmp_path.glob("*.tar.gz"))
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp_path, filter="data")
+        source = tmp_path / f"{SDIST_NAME}-{SDIST_VERSION}"
+        changed = patch_python_only(source / "detectron2")
+        log(f"patched {len(changed)} files: {', '.join(changed)}")
+        patch_setup_py(source / "setup.py")
+        shutil.rmtree(source / "pb1_detectron2.egg-info", ignore_errors=True)
+        pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(cache_dir),
+            str(source))
+    return cached_wheel(cache_dir)
+
+
+def cached_wheel(cache_dir: Path) -> Optional[Path]:
+    wheels = sorted(cache_dir.glob("detectron2-0.6+pypi.python.only-*.whl"))
+    return wheels[-1] if wheels else None
+
+
+def install(strategy: str, env: Mapping[str, str], cache_dir: Path) -> None:
+    if strategy == "keep":
+        log("detectron2 is already installed and usable: keeping it")
+    elif strategy == "source":
+        source = env["DETECTRON2_SOURCE"].strip()
+        log(f"installing detectron2 from DETECTRON2_SOURCE={source}")
+        pip("install", "--no-build-isolation", source, OPENCV)
+    else:
+        wheel = cached_wheel(cache_dir)
+        if wheel is None:
+            log(f"building detectron2 {PYTHON_ONLY_VERSION} from the PyPI sdist "
+                f"{SDIST_NAME}=={SDIST_VERSION}")
+            wheel = build_python_only_wheel(cache_dir)
+        else:
+            log(f"installing the cached python-only detectron2 wheel {wheel.name}")
+        # --force-reinstall: replace an unusable installation of the same version.
+        pip("install", "--quiet", "--no-deps", "--force-reinstall", str(wheel))
+        pip("install", "--quiet", str(wheel), OPENCV)  # its dependencies
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                        help="where the python-only wheel is cached")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the strategy that would be taken and exit")
+    args = parser.parse_args(argv)
+
+    error = check_detectron2()
+    strategy = choose_strategy(os.environ, detectron2_usable=error is None)
+    if error is not None:
+        log(f"detectron2 not usable here ({error})")
+    log(f"strategy: {strategy}")
+    if args.dry_run:
+        return 0
+    install(strategy, os.environ, args.cache_dir)
+    error = check_detectron2()
+    if error is not None:
+        log(f"FAILED: detectron2 is still not usable: {error}")
+        return 1
+    log("detectron2 OK: " + ", ".join(REQUIRED_MODULES) + " import")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
