@@ -1,0 +1,7 @@
+"""GroupPose-D2: Group Pose (ICCV 2023) as a Detectron2 project.
+
+Importing this package registers the meta-architecture, backbones and datasets with
+Detectron2's registries, as Detectron2 projects do.
+"""
+
+__version__ = "0.1.0"
