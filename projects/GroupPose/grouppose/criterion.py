@@ -1,0 +1,176 @@
+"""Group Pose training losses: focal classification, masked keypoint L1 and OKS, after matching.
+
+Loss names (unweighted): `loss_cls`, `loss_keypoints`, `loss_oks` for the final decoder layer,
+the same with suffix `_{i}` for earlier decoder layer i (`aux_outputs[i]`) and `_interm` for the
+encoder (two-stage) prediction. Each set of predictions gets its own Hungarian matching.
+"""
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torchvision.ops import sigmoid_focal_loss
+
+from grouppose.matcher import HungarianMatcher
+from grouppose.oks import as_sigmas, keypoint_similarity
+
+DEFAULT_LOSS_WEIGHTS = {"loss_cls": 2.0, "loss_keypoints": 10.0, "loss_oks": 4.0}
+INTERM_SUFFIX = "_interm"
+_FOCAL_GAMMA = 2.0
+# The official OKS loss clamps the similarity before taking 1 - OKS.
+_MIN_OKS = 1e-6
+
+Matches = List[Tuple[Tensor, Tensor]]
+
+
+def build_targets(
+    keypoints: Tensor, area: Tensor, image_size: Tuple[int, int]
+) -> Dict[str, Tensor]:
+    """Convert one image's people from Detectron2 pixel units to the criterion's target format.
+
+    Args:
+        keypoints: (n, K, 3) x, y in pixels of the unpadded input image and v in {0, 1, 2}
+            (0 = unlabeled), as in Detectron2's `gt_keypoints.tensor`.
+        area: (n,) person area in pixels of that same image.
+        image_size: (H, W) of the unpadded input image.
+
+    Returns:
+        dict with `keypoints` (n, K, 2) xy / (W, H) (unlabeled keypoints at 0, as the official
+        data pipeline stores them), `visible` (n, K) bool (v > 0) and `area` (n,) area / (W * H).
+    """
+    if keypoints.dim() != 3 or keypoints.shape[-1] != 3:
+        raise ValueError(f"keypoints must be (n, K, 3), got {tuple(keypoints.shape)}")
+    if area.shape != keypoints.shape[:1]:
+        raise ValueError(f"area must be ({keypoints.shape[0]},), got {tuple(area.shape)}")
+    height, width = image_size
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image_size must be positive (H, W), got {image_size}")
+    keypoints = keypoints.float()
+    visible = keypoints[..., 2] > 0
+    scale = keypoints.new_tensor([width, height])
+    xy = torch.where(visible[..., None], keypoints[..., :2] / scale, keypoints.new_zeros(()))
+    return {"keypoints": xy, "visible": visible, "area": area.float() / (width * height)}
+
+
+def expand_weight_dict(base_weights: Mapping[str, float], num_aux_outputs: int) -> Dict[str, float]:
+    """Weights for every returned loss name: the base names plus `_{i}` and `_interm` copies."""
+    suffixes = ["", *(f"_{i}" for i in range(num_aux_outputs)), INTERM_SUFFIX]
+    return {name + suffix: weight for suffix in suffixes for name, weight in base_weights.items()}
+
+
+def num_people_across_workers(targets: List[Dict[str, Tensor]], device: torch.device) -> float:
+    """Average number of people per worker, at least 1 (the loss normaliser).
+
+    Averaging (all-reduce sum / world size) keeps every worker's losses on the same scale, as the
+    official DETR-family training does.
+    """
+    count = torch.tensor(
+        [float(sum(t["keypoints"].shape[0] for t in targets))], dtype=torch.float32, device=device
+    )
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return count.clamp(min=1).item()
+
+
+class SetCriterion(nn.Module):
+    """Group Pose losses for the final, every auxiliary and the encoder prediction."""
+
+    def __init__(
+        self,
+        matcher: HungarianMatcher,
+        sigmas: Union[Tensor, Sequence[float]],
+        focal_alpha: float = 0.25,
+        weight_dict: Optional[Mapping[str, float]] = None,
+        num_aux_outputs: int = 0,
+    ):
+        """
+        Args:
+            matcher: assigns queries to people, called once per set of predictions.
+            sigmas: (K,) OKS sigmas (see grouppose.oks.default_oks_sigmas).
+            focal_alpha: alpha of the sigmoid focal classification loss.
+            weight_dict: weights of `loss_cls`, `loss_keypoints`, `loss_oks` (all three; default
+                2 / 10 / 4). `self.weight_dict` repeats them for every suffix.
+            num_aux_outputs: number of earlier decoder layers in `aux_outputs`
+                (decoder layers - 1).
+        """
+        super().__init__()
+        base_weights = dict(DEFAULT_LOSS_WEIGHTS if weight_dict is None else weight_dict)
+        if set(base_weights) != set(DEFAULT_LOSS_WEIGHTS):
+            raise ValueError(f"weight_dict must have exactly the keys "
+                             f"{sorted(DEFAULT_LOSS_WEIGHTS)}, got {sorted(base_weights)}")
+        if num_aux_outputs < 0:
+            raise ValueError(f"num_aux_outputs must be >= 0, got {num_aux_outputs}")
+        sigmas = as_sigmas(sigmas)
+        if not torch.equal(sigmas, matcher.sigmas):
+            raise ValueError("sigmas differ from the matcher's sigmas: matching and loss must use "
+                             "the same OKS")
+        self.matcher = matcher
+        self.focal_alpha = focal_alpha
+        self.num_aux_outputs = num_aux_outputs
+        self.weight_dict = expand_weight_dict(base_weights, num_aux_outputs)
+        self.sigmas = sigmas  # moved to the predictions' device when used, as in the matcher
+
+    def named_predictions(self, outputs: Dict) -> List[Tuple[str, Dict[str, Tensor]]]:
+        """(loss-name suffix, predictions) for the final, auxiliary and encoder outputs."""
+        aux_outputs = outputs.get("aux_outputs", [])
+        if len(aux_outputs) != self.num_aux_outputs:
+            raise ValueError(f"outputs has {len(aux_outputs)} aux_outputs, the criterion was built "
+                             f"with num_aux_outputs={self.num_aux_outputs}")
+        named = [("", outputs)]
+        named += [(f"_{i}", aux) for i, aux in enumerate(aux_outputs)]
+        if "interm_outputs" in outputs:
+            named.append((INTERM_SUFFIX, outputs["interm_outputs"]))
+        return named
+
+    def forward(self, outputs: Dict, targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+        """
+        Args:
+            outputs: `pred_logits` (B, N), `pred_keypoints` (B, N, K, 2), `aux_outputs` (list of
+                dicts with those keys), optional `interm_outputs` (dict with those keys).
+            targets: B dicts with `keypoints` (n, K, 2), `visible` (n, K) bool, `area` (n,)
+                (see build_targets).
+
+        Returns:
+            unweighted scalar losses by name (see the module docstring).
+        """
+        num_people = num_people_across_workers(targets, outputs["pred_logits"].device)
+        losses = {}
+        for suffix, predictions in self.named_predictions(outputs):
+            matches = self.matcher(predictions, targets)
+            for name, value in self.losses(predictions, targets, matches, num_people).items():
+                losses[name + suffix] = value
+        return losses
+
+    def losses(
+        self, predictions: Dict[str, Tensor], targets: List[Dict[str, Tensor]],
+        matches: Matches, num_people: float,
+    ) -> Dict[str, Tensor]:
+        """Unsuffixed losses of one set of predictions given its matching."""
+        logits = predictions["pred_logits"]
+        batch_index = torch.cat([
+            torch.full_like(query_index, image) for image, (query_index, _) in enumerate(matches)
+        ]).to(logits.device)
+        query_index = torch.cat([query_index for query_index, _ in matches]).to(logits.device)
+
+        # Focal loss over every query. The official averages over queries, sums over images and
+        # multiplies by the number of queries, which is the plain sum used here.
+        is_person = torch.zeros_like(logits)
+        is_person[batch_index, query_index] = 1
+        focal = sigmoid_focal_loss(logits, is_person, alpha=self.focal_alpha, gamma=_FOCAL_GAMMA)
+
+        matched = {key: torch.cat([t[key][target_index.to(t[key].device)]
+                                   for t, (_, target_index) in zip(targets, matches)])
+                   for key in ("keypoints", "visible", "area")}
+        pred = predictions["pred_keypoints"][batch_index, query_index]
+        l1 = (pred - matched["keypoints"]).abs() * matched["visible"][..., None]
+        oks = keypoint_similarity(
+            pred, matched["keypoints"], matched["visible"], matched["area"],
+            self.sigmas.to(pred.device),
+        ).clamp(min=_MIN_OKS)
+        return {
+            "loss_cls": focal.sum() / num_people,
+            "loss_keypoints": l1.sum() / num_people,
+            "loss_oks": (1 - oks).sum() / num_people,
+        }
