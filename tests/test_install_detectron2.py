@@ -1,9 +1,14 @@
 """The detectron2 installer's decisions and compatibility changes (no network access)."""
 
+import functools
+import hashlib
+import http.server
 import importlib.util
+import json
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -169,3 +174,36 @@ def test_python_only_build_falls_back_to_pycocotools():
     from pycocotools.cocoeval import COCOeval
 
     assert COCOeval_opt is COCOeval
+
+
+@pytest.fixture
+def local_index(tmp_path):
+    """A PEP 691 index on loopback serving one sdist whose bytes the test chooses."""
+    root = tmp_path / "index"
+    (root / installer.SDIST_NAME).mkdir(parents=True)
+    listing = {"files": [{"filename": installer.SDIST_FILE, "url": f"../{installer.SDIST_FILE}"}]}
+    (root / installer.SDIST_NAME / "index.html").write_text(json.dumps(listing))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_sdist_refuses_a_wrong_checksum(local_index, tmp_path):
+    root, url = local_index
+    (root / installer.SDIST_FILE).write_bytes(b"not the detectron2 sdist")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(RuntimeError, match="sha256"):
+        installer.download_sdist(dest, index_url=url)
+
+
+def test_download_sdist_accepts_the_pinned_file(local_index, tmp_path, monkeypatch):
+    root, url = local_index
+    payload = b"pretend sdist"
+    (root / installer.SDIST_FILE).write_bytes(payload)
+    monkeypatch.setattr(installer, "SDIST_SHA256", hashlib.sha256(payload).hexdigest())
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    assert installer.download_sdist(dest, index_url=url).read_bytes() == payload

@@ -26,6 +26,8 @@ The environment is then checked by importing the modules GroupPose-D2 uses.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -33,6 +35,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -41,6 +45,9 @@ DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "detectron2"
 
 SDIST_NAME = "pb1-detectron2"
 SDIST_VERSION = "0.6"
+SDIST_FILE = f"{SDIST_NAME}-{SDIST_VERSION}.tar.gz"
+SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
 PYTHON_ONLY_VERSION = "0.6+pypi.python.only"
 
 # detectron2 needs OpenCV but leaves its installation to the user; headless suits servers and CI.
@@ -160,19 +167,42 @@ def patch_setup_py(setup_py: Path) -> None:
     setup_py.write_text(text)
 
 
+def download_sdist(dest: Path, index_url: Optional[str] = None) -> Path:
+    """Fetch the sdist through the package index's JSON simple API (PEP 691) and check it.
+
+    ``pip download`` cannot be used: it prepares the sdist's metadata, which current pip
+    rejects (the sdist declares a direct-URL dependency in an extra).
+    """
+    index_url = (index_url or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX_URL).rstrip("/")
+    log(f"downloading the sdist {SDIST_FILE} from {index_url}")
+    request = urllib.request.Request(
+        f"{index_url}/{SDIST_NAME}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        files = json.load(response)["files"]
+    url = next((f["url"] for f in files if f["filename"] == SDIST_FILE), None)
+    if url is None:
+        raise RuntimeError(f"{SDIST_FILE} is not listed by {index_url}/{SDIST_NAME}/")
+    path = dest / SDIST_FILE
+    with urllib.request.urlopen(urllib.parse.urljoin(request.full_url, url), timeout=300) as r:
+        path.write_bytes(r.read())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != SDIST_SHA256:
+        raise RuntimeError(f"{SDIST_FILE}: sha256 {digest} differs from the expected "
+                           f"{SDIST_SHA256}; refusing to build it")
+    return path
+
+
 def build_python_only_wheel(cache_dir: Path) -> Path:
     """Download the sdist, patch it, and build the python-only wheel into ``cache_dir``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        log(f"downloading the sdist {SDIST_NAME}=={SDIST_VERSION}")
-        # --no-build-isolation: preparing the sdist's metadata runs its setup.py, which
-        # imports torch; torch is installed in this environment, not in an isolated one.
-        pip("download", "--quiet", "--no-deps", "--no-build-isolation", "--no-binary", ":all:",
-            "-d", str(tmp_path), f"{SDIST_NAME}=={SDIST_VERSION}")
-        sdist = next(tmp_path.glob("*.tar.gz"))
+        sdist = download_sdist(tmp_path)
         with tarfile.open(sdist) as tar:
-            tar.extractall(tmp_path, filter="data")
+            # the "data" filter (refuses absolute paths and links outside) where Python has it
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(tmp_path, **safe)
         source = tmp_path / f"{SDIST_NAME}-{SDIST_VERSION}"
         changed = patch_python_only(source / "detectron2")
         log(f"patched {len(changed)} files: {', '.join(changed)}")
