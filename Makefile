@@ -29,8 +29,15 @@ $(STAMPS)/detectron2: $(STAMPS)/torch tools/install_detectron2.py
 	$(PY) tools/install_detectron2.py
 	@touch $@
 
+# xtcocotools (CrowdPose evaluation): its PyPI wheel is built against numpy 1 and fails under
+# numpy 2, so it is compiled from source against the installed numpy.
+$(STAMPS)/xtcocotools: $(STAMPS)/detectron2
+	$(PIP) install --quiet cython
+	$(PIP) install --quiet --no-build-isolation --no-binary xtcocotools xtcocotools
+	@touch $@
+
 # Editable install; rebuilds the compiled op (grouppose._C) when its sources change.
-$(STAMPS)/grouppose: $(STAMPS)/detectron2 setup.py $(CSRC)
+$(STAMPS)/grouppose: $(STAMPS)/detectron2 $(STAMPS)/xtcocotools setup.py $(CSRC)
 	$(PIP) install --quiet --no-build-isolation -e ".[test]"
 	@touch $@
 
