@@ -1,0 +1,70 @@
+// Schemas of torch.ops.grouppose.ms_deform_attn{,_backward} and the input checks shared by
+// their CPU and CUDA kernels. Fake kernels and autograd are registered from Python
+// (grouppose/layers/ms_deform_attn.py).
+#include <torch/library.h>
+
+#include "ms_deform_attn.h"
+
+namespace grouppose {
+
+MSDeformAttnSizes check_ms_deform_attn_inputs(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  TORCH_CHECK(value.dim() == 4, "ms_deform_attn: value must have shape (N, S, M, D), got ",
+              value.sizes());
+  const MSDeformAttnSizes sizes{
+      value.size(0),
+      value.size(1),
+      value.size(2),
+      value.size(3),
+      sampling_locations.dim() == 6 ? sampling_locations.size(1) : 0,
+      spatial_shapes.dim() == 2 ? spatial_shapes.size(0) : 0,
+      sampling_locations.dim() == 6 ? sampling_locations.size(4) : 0,
+  };
+  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2,
+              "ms_deform_attn: spatial_shapes must have shape (L, 2), got ",
+              spatial_shapes.sizes());
+  TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == sizes.levels,
+              "ms_deform_attn: level_start_index must have shape (", sizes.levels, ",), got ",
+              level_start_index.sizes());
+  TORCH_CHECK(sampling_locations.sizes() ==
+                  at::IntArrayRef({sizes.batch, sizes.queries, sizes.heads, sizes.levels,
+                                   sizes.points, 2}),
+              "ms_deform_attn: sampling_locations must have shape (N, Lq, M, L, P, 2) with N=",
+              sizes.batch, " M=", sizes.heads, " L=", sizes.levels, ", got ",
+              sampling_locations.sizes());
+  TORCH_CHECK(attention_weights.sizes() ==
+                  at::IntArrayRef({sizes.batch, sizes.queries, sizes.heads, sizes.levels,
+                                   sizes.points}),
+              "ms_deform_attn: attention_weights must have shape (N, Lq, M, L, P) = (",
+              sizes.batch, ", ", sizes.queries, ", ", sizes.heads, ", ", sizes.levels, ", ",
+              sizes.points, "), got ", attention_weights.sizes());
+  TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong &&
+                  level_start_index.scalar_type() == at::kLong,
+              "ms_deform_attn: spatial_shapes and level_start_index must be int64");
+  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
+                  attention_weights.scalar_type() == value.scalar_type(),
+              "ms_deform_attn: sampling_locations and attention_weights must have value's dtype ",
+              value.scalar_type());
+  for (const at::Tensor* tensor :
+       {&spatial_shapes, &level_start_index, &sampling_locations, &attention_weights}) {
+    TORCH_CHECK(tensor->device() == value.device(),
+                "ms_deform_attn: all inputs must be on value's device ", value.device());
+  }
+  return sizes;
+}
+
+}  // namespace grouppose
+
+TORCH_LIBRARY(grouppose, m) {
+  m.def(
+      "ms_deform_attn(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_locations, Tensor attention_weights) -> Tensor");
+  m.def(
+      "ms_deform_attn_backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, "
+      "Tensor level_start_index, Tensor sampling_locations, Tensor attention_weights) "
+      "-> (Tensor, Tensor, Tensor)");
+}

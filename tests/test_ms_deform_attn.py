@@ -1,0 +1,355 @@
+"""Multi-scale deformable attention: the compiled op (CPU and CUDA) against the pure-PyTorch
+reference and the official implementation's tensors, its gradients, torch.compile /
+torch.export, input validation and the MSDeformAttn module."""
+
+import importlib
+import os
+
+import pytest
+import torch
+
+from grouppose.layers import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference
+
+op_module = importlib.import_module("grouppose.layers.ms_deform_attn")
+
+ARGUMENT_NAMES = (
+    "value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"
+)
+DIFFERENTIABLE = (0, 3, 4)  # value, sampling_locations, attention_weights
+
+
+@pytest.fixture(scope="module")
+def compiled_op():
+    """Require grouppose._C: skip without it (fail in CI), so that no test silently compares
+    the reference fallback with itself."""
+    error = op_module._EXTENSION_ERROR
+    if error is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(error)
+        pytest.skip(error)
+    return torch.ops.grouppose.ms_deform_attn
+
+
+def make_inputs(N, Lq, M, D, level_shapes, P, dtype=torch.float32, seed=0):
+    """Random op inputs; locations in [-0.1, 1.1] so that some points fall off the map."""
+    generator = torch.Generator().manual_seed(seed)
+    spatial_shapes = torch.tensor(level_shapes, dtype=torch.int64)
+    areas = spatial_shapes.prod(dim=1)
+    level_start_index = torch.cumsum(areas, dim=0) - areas
+    L = len(level_shapes)
+    S = int(areas.sum())
+    value = torch.randn(N, S, M, D, generator=generator, dtype=dtype)
+    locations = torch.rand(N, Lq, M, L, P, 2, generator=generator, dtype=dtype) * 1.2 - 0.1
+    weights = torch.rand(N, Lq, M, L, P, generator=generator, dtype=dtype)
+    return value, spatial_shapes, level_start_index, locations, weights
+
+
+def output_and_grads(fn, inputs, cotangent=None):
+    """fn(*inputs) and the gradients of <output, cotangent> w.r.t. the differentiable inputs."""
+    inputs = [t.detach().clone() for t in inputs]
+    for i in DIFFERENTIABLE:
+        inputs[i].requires_grad_()
+    output = fn(*inputs)
+    if cotangent is None:
+        cotangent = torch.randn(output.shape, generator=torch.Generator().manual_seed(1),
+                                dtype=output.dtype).to(output.device)
+    (output * cotangent).sum().backward()
+    return [output.detach()] + [inputs[i].grad for i in DIFFERENTIABLE]
+
+
+def assert_close_to_magnitude(actual, expected, tolerance):
+    """|actual - expected| <= tolerance * max(1, max|expected|) elementwise: an absolute
+    tolerance for O(1) tensors that scales with large ones (location gradients reach ~W)."""
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual, expected, rtol=0, atol=tolerance * scale)
+
+
+# Shapes (N, Lq, M, D, level_shapes, P): unequal levels, N > 1, large Lq, P = 1, L = 1.
+SHAPES = [
+    (2, 7, 2, 4, [(6, 5), (3, 3), (1, 2)], 3),
+    (1, 2000, 4, 8, [(16, 20), (8, 10)], 2),
+    (3, 10, 2, 16, [(5, 7), (2, 3)], 1),
+    (2, 30, 1, 32, [(9, 4)], 4),
+]
+
+
+def test_reference_matches_official(reference_dir):
+    data = torch.load(reference_dir / "ms_deform_attn.pt")
+    inputs = [data[name] for name in ARGUMENT_NAMES]
+    results = output_and_grads(ms_deform_attn_reference, inputs, data["cotangent"])
+    expected_names = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
+    for result, name in zip(results, expected_names):
+        torch.testing.assert_close(result, data[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_op_matches_official(reference_dir, compiled_op):
+    """Output and value gradient to 1e-5. The location gradient reaches 184 (weight gradient
+    21), where a float32 ulp is 1.5e-5: the official float32 result itself is 1.8e-4 away from
+    the float64 one, so these two are compared to 1e-5 of their largest magnitude."""
+    data = torch.load(reference_dir / "ms_deform_attn.pt")
+    inputs = [data[name] for name in ARGUMENT_NAMES]
+    results = output_and_grads(ms_deform_attn, inputs, data["cotangent"])
+    expected_names = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
+    for result, name in zip(results, expected_names):
+        assert_close_to_magnitude(result, data[name], 1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_op_matches_reference(shape, compiled_op):
+    inputs = make_inputs(*shape)
+    actual = output_and_grads(ms_deform_attn, inputs)
+    expected = output_and_grads(ms_deform_attn_reference, inputs)
+    torch.testing.assert_close(actual[0], expected[0], rtol=0, atol=1e-5)
+    for actual_grad, expected_grad in zip(actual[1:], expected[1:]):
+        assert_close_to_magnitude(actual_grad, expected_grad, 1e-5)
+
+
+def test_gradcheck_borders_and_outside(compiled_op):
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(
+        2, 4, 2, 3, [(3, 4), (2, 1), (1, 3)], 3, dtype=torch.float64
+    )
+    # Exactly on the map's borders (pixel coordinate -0.5 or size - 0.5: smooth points of the
+    # bilinear interpolation), partly and completely outside the map.
+    locations[0, 0, :, :, 0] = torch.tensor([0.0, 0.3], dtype=torch.float64)
+    locations[0, 0, :, :, 1] = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    locations[0, 1, :, :, 0] = torch.tensor([0.4, 0.0], dtype=torch.float64)
+    locations[0, 1, :, :, 1] = torch.tensor([-0.05, 1.07], dtype=torch.float64)
+    locations[1, 0, :, :, 0] = torch.tensor([-0.7, 0.5], dtype=torch.float64)
+    locations[1, 0, :, :, 1] = torch.tensor([1.2, 1.9], dtype=torch.float64)
+    for tensor in (value, locations, weights):
+        tensor.requires_grad_()
+    assert torch.autograd.gradcheck(
+        ms_deform_attn, (value, spatial_shapes, level_start_index, locations, weights)
+    )
+
+
+def test_backward_is_deterministic_across_thread_counts(compiled_op):
+    inputs = make_inputs(1, 500, 2, 8, [(4, 4), (2, 2)], 4)  # many points per value position
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single_threaded = output_and_grads(ms_deform_attn, inputs)
+        torch.set_num_threads(max(2, threads))
+        multi_threaded = output_and_grads(ms_deform_attn, inputs)
+    finally:
+        torch.set_num_threads(threads)
+    for single, multi in zip(single_threaded, multi_threaded):
+        assert torch.equal(single, multi)
+
+
+def test_non_contiguous_inputs(compiled_op):
+    inputs = make_inputs(2, 5, 3, 4, [(4, 3), (2, 2)], 2)
+    non_contiguous = [
+        inputs[0].transpose(0, 1).contiguous().transpose(0, 1),
+        torch.stack([inputs[1], inputs[1]], dim=-1)[..., 0],
+        torch.stack([inputs[2], inputs[2]], dim=-1)[..., 1],
+        inputs[3].transpose(1, 2).contiguous().transpose(1, 2),
+        inputs[4].permute(4, 3, 2, 1, 0).contiguous().permute(4, 3, 2, 1, 0),
+    ]
+    assert not any(tensor.is_contiguous() for tensor in non_contiguous)
+    for actual, expected in zip(
+        output_and_grads(ms_deform_attn, non_contiguous), output_and_grads(ms_deform_attn, inputs)
+    ):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtypes", [
+    (torch.float16, torch.float16, torch.float16),
+    (torch.bfloat16, torch.float32, torch.float32),
+])
+def test_low_precision_inputs_are_computed_in_float32(dtypes, compiled_op):
+    """Pure half precision, and autocast's mix (half value, float32 locations and weights)."""
+    inputs = list(make_inputs(2, 5, 3, 4, [(4, 3), (2, 2)], 2))
+    for index, dtype in zip(DIFFERENTIABLE, dtypes):
+        inputs[index] = inputs[index].to(dtype)
+    output = ms_deform_attn(*inputs)
+    assert output.dtype == dtypes[0]
+    expected = ms_deform_attn(*[t.float() if t.is_floating_point() else t for t in inputs])
+    assert torch.equal(output, expected.to(dtypes[0]))
+
+
+def test_meta_tensors_give_the_output_shape(compiled_op):
+    inputs = [t.to("meta") for t in make_inputs(2, 5, 3, 4, [(4, 3), (2, 2)], 2)]
+    output = ms_deform_attn(*inputs)
+    assert output.device.type == "meta" and output.shape == (2, 5, 12)
+
+
+def test_opcheck(compiled_op):
+    """Schema, fake kernel, autograd registration and AOT dispatch of the registered op."""
+    inputs = list(make_inputs(2, 6, 2, 4, [(3, 4), (2, 2)], 2, dtype=torch.float64))
+    for i in DIFFERENTIABLE:
+        inputs[i].requires_grad_()
+    torch.library.opcheck(compiled_op.default, tuple(inputs))
+
+
+# aot_eager traces through Dynamo, the fake kernel and AOT autograd in a second; inductor
+# also generates and compiles C++ (about a minute on 2 cores).
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_torch_compile_fullgraph(backend, compiled_op):
+    def attend_and_scale(*inputs):
+        return ms_deform_attn(*inputs).relu() * 2
+
+    inputs = make_inputs(2, 9, 2, 8, [(5, 6), (3, 3)], 2)
+    compiled = torch.compile(attend_and_scale, fullgraph=True, backend=backend)
+    for actual, expected in zip(
+        output_and_grads(compiled, inputs), output_and_grads(attend_and_scale, inputs)
+    ):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("reference_dim", [2, 4])
+def test_torch_export_module(reference_dim, compiled_op):
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2).eval()
+    args = module_inputs(module, N=2, Lq=5, level_shapes=[(6, 5), (3, 3)],
+                         reference_dim=reference_dim)
+    exported = torch.export.export(module, args)
+    targets = [node.target for node in exported.graph.nodes]
+    assert torch.ops.grouppose.ms_deform_attn.default in targets
+    torch.testing.assert_close(exported.module()(*args), module(*args), rtol=0, atol=1e-6)
+
+
+BAD_INPUTS = [
+    # (argument index, replacement maker, message fragment)
+    (0, lambda t: t[0], r"value must have shape \(N, S, M, D\)"),
+    (0, lambda t: t.to(torch.int32), "value must be floating point"),
+    (1, lambda t: t[:, :1], r"spatial_shapes must have shape \(L, 2\)"),
+    (1, lambda t: t.float(), "spatial_shapes must be int64"),
+    (1, lambda t: t + 1, "spatial_shapes must hold positive"),
+    (2, lambda t: t[:1], r"level_start_index must have shape \(L,\) = \(2,\)"),
+    (2, lambda t: t + 1, r"level_start_index must be \[0, 20\]"),
+    (3, lambda t: t[..., :1], r"sampling_locations must have shape \(N, Lq, M, L, P, 2\)"),
+    (3, lambda t: t[:, :, :1], r"sampling_locations must have shape .* = \(2, Lq, 3, 2, P, 2\)"),
+    (3, lambda t: t.double(), "sampling_locations must have value's dtype"),
+    (4, lambda t: t[..., :1], r"attention_weights must have shape \(N, Lq, M, L, P\)"),
+    (4, lambda t: t.to("meta"), "attention_weights is on meta"),
+]
+
+
+@pytest.mark.parametrize(("index", "make_bad", "message"), BAD_INPUTS)
+def test_validation_errors(index, make_bad, message):
+    inputs = list(make_inputs(2, 4, 3, 4, [(4, 5), (2, 3)], 2))
+    inputs[index] = make_bad(inputs[index])
+    with pytest.raises(ValueError, match=message):
+        ms_deform_attn(*inputs)
+
+
+def test_fallback_warns_once_and_uses_reference(monkeypatch):
+    monkeypatch.setattr(op_module, "_EXTENSION_ERROR", "grouppose._C is missing (test)")
+    monkeypatch.setattr(op_module, "_warned_reasons", set())
+    inputs = make_inputs(2, 4, 3, 4, [(4, 5), (2, 3)], 2)
+    with pytest.warns(UserWarning, match=r"reference: grouppose._C is missing \(test\)") as caught:
+        first = ms_deform_attn(*inputs)
+        second = ms_deform_attn(*inputs)
+    assert len(caught) == 1
+    expected = ms_deform_attn_reference(*inputs)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+def module_inputs(module, N, Lq, level_shapes, reference_dim, seed=0):
+    """Random MSDeformAttn.forward arguments (no padding mask)."""
+    generator = torch.Generator().manual_seed(seed)
+    spatial_shapes = torch.tensor(level_shapes, dtype=torch.int64)
+    areas = spatial_shapes.prod(dim=1)
+    level_start_index = torch.cumsum(areas, dim=0) - areas
+    S = int(areas.sum())
+    query = torch.randn(N, Lq, module.d_model, generator=generator)
+    reference_points = torch.rand(N, Lq, module.n_levels, reference_dim, generator=generator)
+    input_flatten = torch.randn(N, S, module.d_model, generator=generator)
+    return query, reference_points, input_flatten, spatial_shapes, level_start_index
+
+
+def test_module_initialisation():
+    module = MSDeformAttn(d_model=64, n_levels=3, n_heads=8, n_points=2)
+    assert not module.sampling_offsets.weight.any()
+    offsets = module.sampling_offsets.bias.view(8, 3, 2, 2)
+    # Head 0 points along +x, head 2 along +y, head 1 on the diagonal; point p at ring p + 1.
+    torch.testing.assert_close(offsets[0, :, 1], torch.tensor([[2.0, 0.0]] * 3))
+    torch.testing.assert_close(offsets[2, :, 0], torch.tensor([[0.0, 1.0]] * 3), atol=1e-6,
+                               rtol=0)
+    torch.testing.assert_close(offsets[1, 0, 1], torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(offsets[:, :, 1], offsets[:, :, 0] * 2)
+    assert not module.attention_weights.weight.any() and not module.attention_weights.bias.any()
+    assert not module.value_proj.bias.any() and not module.output_proj.bias.any()
+    assert module.value_proj.weight.abs().max() <= (6 / (64 + 64)) ** 0.5
+
+
+@pytest.mark.parametrize("reference_dim", [2, 4])
+def test_module_sampling_locations(reference_dim):
+    """The module samples where the agreed interface says: ref + offset / (W_l, H_l) for
+    points, ref_xy + offset / n_points * ref_wh / 2 for boxes."""
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=3)
+    for parameter in module.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    args = module_inputs(module, N=2, Lq=4, level_shapes=[(5, 6), (2, 3)],
+                         reference_dim=reference_dim)
+    query, reference_points, input_flatten, spatial_shapes, level_start_index = args
+    N, Lq, _ = query.shape
+    offsets = module.sampling_offsets(query).view(N, Lq, 2, 2, 3, 2)
+    references = reference_points[:, :, None, :, None, :]
+    if reference_dim == 2:
+        locations = references + offsets / torch.tensor([[6.0, 5.0], [3.0, 2.0]])[:, None, :]
+    else:
+        locations = references[..., :2] + offsets / 3 * references[..., 2:] / 2
+    weights = module.attention_weights(query).view(N, Lq, 2, 6).softmax(-1).view(N, Lq, 2, 2, 3)
+    value = module.value_proj(input_flatten).view(N, -1, 2, 8)
+    expected = module.output_proj(ms_deform_attn_reference(
+        value, spatial_shapes, level_start_index, locations, weights
+    ))
+    torch.testing.assert_close(module(*args), expected, rtol=0, atol=1e-5)
+
+
+def test_module_padding_mask_hides_padded_values():
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=4)
+    torch.nn.init.normal_(module.sampling_offsets.weight, std=1.0)
+    args = list(module_inputs(module, N=2, Lq=6, level_shapes=[(4, 4), (2, 2)], reference_dim=2))
+    padding_mask = torch.zeros(2, 20, dtype=torch.bool)
+    padding_mask[0, 12:16] = padding_mask[1, 3:20:4] = True
+    changed = args.copy()
+    changed[2] = args[2] + 100 * padding_mask[..., None]
+    with torch.no_grad():
+        torch.testing.assert_close(module(*changed, padding_mask), module(*args, padding_mask))
+        assert not torch.allclose(module(*changed), module(*args))
+
+
+def test_module_rejects_bad_reference_points():
+    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=1)
+    args = list(module_inputs(module, N=2, Lq=3, level_shapes=[(2, 2), (1, 1)], reference_dim=2))
+    args[1] = args[1][..., :1]
+    with pytest.raises(ValueError, match=r"reference_points must have shape \(N, Lq, L, 2 or 4\)"):
+        module(*args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cuda_matches_cpu(shape, dtype, compiled_op):
+    inputs = make_inputs(*shape, dtype=dtype)
+    expected = output_and_grads(ms_deform_attn, inputs)
+    actual = output_and_grads(ms_deform_attn, [t.cuda() for t in inputs])
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-10
+    for actual_tensor, expected_tensor in zip(actual, expected):
+        assert actual_tensor.is_cuda
+        assert_close_to_magnitude(actual_tensor.cpu(), expected_tensor, tolerance)
+
+
+@pytest.mark.cuda
+def test_cuda_gradcheck(compiled_op):
+    # D = 35: more channels than a warp has lanes.
+    inputs = [t.cuda() for t in make_inputs(2, 3, 2, 35, [(3, 4), (2, 1)], 2, torch.float64)]
+    for i in DIFFERENTIABLE:
+        inputs[i].requires_grad_()
+    assert torch.autograd.gradcheck(ms_deform_attn, tuple(inputs))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_non_finite_and_huge_locations_sample_zero(device, compiled_op):
+    inputs = make_inputs(1, 3, 2, 4, [(3, 4)], 1)  # one point per query and head
+    inputs[3][0, :, 0, 0, 0] = torch.tensor(
+        [[float("nan"), 0.5], [0.5, float("inf")], [-1e30, 1e30]]
+    )
+    output = ms_deform_attn(*[t.to(device) for t in inputs])
+    assert torch.equal(output[..., :4].cpu(), torch.zeros(1, 3, 4))  # head 0
+    assert output[..., 4:].abs().sum() > 0  # head 1
