@@ -1,0 +1,58 @@
+"""Backbone feature maps -> the transformer's multi-level inputs (Deformable DETR style)."""
+
+from typing import List
+
+from detectron2.layers import Conv2d
+from torch import Tensor, nn
+
+# GroupNorm groups of every projection, as in the official implementation.
+_NUM_GROUPS = 32
+
+
+def _conv_gn(in_channels: int, dim: int, kernel_size: int, stride: int) -> Conv2d:
+    conv = Conv2d(
+        in_channels, dim, kernel_size, stride=stride, padding=kernel_size // 2,
+        norm=nn.GroupNorm(_NUM_GROUPS, dim),
+    )
+    nn.init.xavier_uniform_(conv.weight, gain=1)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class InputProjection(nn.Module):
+    """Projects each backbone level to ``dim`` channels and adds stride-2 extra levels.
+
+    Backbone level i: 1x1 conv + GroupNorm(32, dim). Extra level j: 3x3 stride-2 conv (padding 1)
+    + GroupNorm(32, dim), applied to the last backbone level's *raw* output (j = 0) or to the
+    previous extra level (j > 0).
+    """
+
+    def __init__(self, in_channels: List[int], dim: int, num_levels: int):
+        """
+        Args:
+            in_channels: channels of the backbone levels used, finest first.
+            dim: transformer hidden size (a multiple of 32).
+            num_levels: total number of levels, >= len(in_channels).
+        """
+        super().__init__()
+        if num_levels < len(in_channels):
+            raise ValueError(
+                f"num_levels ({num_levels}) must be >= the number of backbone levels "
+                f"({len(in_channels)}, MODEL.GROUP_POSE.IN_FEATURES)"
+            )
+        if dim % _NUM_GROUPS != 0:
+            raise ValueError(f"hidden dim ({dim}) must be a multiple of {_NUM_GROUPS} (GroupNorm)")
+        self.projections = nn.ModuleList(_conv_gn(c, dim, 1, 1) for c in in_channels)
+        extra_in = [in_channels[-1]] + [dim] * (num_levels - len(in_channels) - 1)
+        self.extra_levels = nn.ModuleList(
+            _conv_gn(c, dim, 3, 2) for c in extra_in[: num_levels - len(in_channels)]
+        )
+
+    def forward(self, features: List[Tensor]) -> List[Tensor]:
+        """Backbone levels [(B, C_i, H_i, W_i)] -> num_levels maps (B, dim, H_l, W_l)."""
+        levels = [projection(x) for projection, x in zip(self.projections, features)]
+        source = features[-1]
+        for extra in self.extra_levels:
+            source = extra(source)
+            levels.append(source)
+        return levels

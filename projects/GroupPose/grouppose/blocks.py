@@ -1,0 +1,60 @@
+"""Small building blocks shared by the encoder, the query selection and the decoder."""
+
+import math
+
+from torch import Tensor, nn
+
+# The official refinement clamps probabilities to [eps, 1 - eps] before taking the logit, so a
+# keypoint that reached an image border can still move back inside.
+INVERSE_SIGMOID_EPS = 1e-3
+# Prior probability of "person" that class heads start at (focal-loss practice).
+PERSON_PRIOR_PROB = 0.01
+
+
+def person_prior_logit(prior_prob: float = PERSON_PRIOR_PROB) -> float:
+    """Bias that makes a class head initially predict ``prior_prob``."""
+    return -math.log((1 - prior_prob) / prior_prob)
+
+
+def inverse_sigmoid(x: Tensor, eps: float = INVERSE_SIGMOID_EPS) -> Tensor:
+    """Logit of ``x`` clamped to [0, 1], with both x and 1 - x clamped to >= eps (any shape)."""
+    x = x.clamp(min=0, max=1)
+    return (x.clamp(min=eps) / (1 - x).clamp(min=eps)).log()
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them (none after the last).
+
+    Parameters are named ``layers.{i}`` (weight/bias), as in DETR-family checkpoints.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"MLP: num_layers must be >= 1, got {num_layers}")
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(dims, dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., input_dim) -> (..., output_dim)."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = x.relu()
+        return x
+
+
+class FeedForward(nn.Module):
+    """Post-norm transformer FFN block: ``norm(x + linear2(relu(linear1(x))))``."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.linear1 = nn.Linear(dim, hidden_dim)
+        self.linear2 = nn.Linear(hidden_dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., dim) -> (..., dim)."""
+        update = self.linear2(self.dropout(self.linear1(x).relu()))
+        return self.norm(x + self.dropout(update))

@@ -1,0 +1,124 @@
+"""Group Pose config keys (``cfg.MODEL.GROUP_POSE.*``) and the Detectron2 defaults it needs."""
+
+from typing import Optional
+
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from torch import Tensor
+
+from grouppose.oks import as_sigmas, default_oks_sigmas
+
+
+def add_grouppose_config(cfg: CfgNode) -> None:
+    """Add ``cfg.MODEL.GROUP_POSE`` with the paper's defaults (ResNet-50, COCO).
+
+    Also sets the Detectron2 defaults that differ for Group Pose: RGB input normalised with the
+    ImageNet mean/std of torchvision, and a torchvision-layout ResNet (stride in the 3x3 conv,
+    frozen BatchNorm) returning res3..res5.
+    """
+    cfg.MODEL.GROUP_POSE = CfgNode()
+    gp = cfg.MODEL.GROUP_POSE
+    gp.NUM_INSTANCES = 100  # N: persons (groups of K + 1 queries) per image
+    gp.NUM_KEYPOINTS = 17  # K
+    gp.HIDDEN_DIM = 256
+    gp.NHEADS = 8
+    gp.DIM_FEEDFORWARD = 2048
+    gp.DROPOUT = 0.0
+    gp.ENC_LAYERS = 6
+    gp.DEC_LAYERS = 6
+    gp.ENC_N_POINTS = 4  # deformable sampling points per head and level
+    gp.DEC_N_POINTS = 4
+    gp.NUM_FEATURE_LEVELS = 4  # IN_FEATURES + stride-2 extra levels
+    gp.IN_FEATURES = ["res3", "res4", "res5"]
+    gp.POS_TEMPERATURE = 20.0  # sine position encoding of the feature maps
+    # Loss weights, matching costs (focal classification, keypoint L1, OKS).
+    gp.FOCAL_ALPHA = 0.25
+    gp.CLS_WEIGHT = 2.0
+    gp.KPT_L1_WEIGHT = 10.0
+    gp.OKS_WEIGHT = 4.0
+    gp.COST_CLASS = 2.0
+    gp.COST_KPT_L1 = 10.0
+    gp.COST_OKS = 4.0
+    gp.AUX_LOSS = True  # losses on every decoder layer, not only the last
+    gp.INTERM_LOSS_WEIGHT = 1.0  # multiplies the encoder (two-stage) prediction's losses
+    # Per-keypoint OKS sigmas (K values). Empty: the `kpt_oks_sigmas` of the metadata of
+    # DATASETS.TRAIN[0] (else TEST[0]), else the standard ones for K = 17 (COCO) / 14 (CrowdPose).
+    gp.OKS_SIGMAS = []
+    # Inference: keep the TEST_TOPK highest-scoring persons with score > TEST_SCORE_THRESH.
+    gp.TEST_TOPK = 50
+    gp.TEST_SCORE_THRESH = 0.0
+
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+    cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+
+    # Solver --------------------------------------------------------------------------------
+    # The paper's recipe, used by grouppose.engine (owned by the training code): AdamW, lr 1e-4,
+    # weight decay 1e-4 on every parameter, backbone and sampling-offset / reference-point
+    # projections at 0.1 x lr, no warmup, gradient norm of the whole model clipped at 0.1.
+    # Schedules (MAX_ITER, STEPS, IMS_PER_BATCH) are set per dataset in the configs.
+    cfg.SOLVER.BASE_LR = 1e-4
+    cfg.SOLVER.WEIGHT_DECAY = 1e-4
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 1e-4
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # lr factor of `backbone.*` parameters
+    cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1  # lr factor of parameters in modules named ...
+    cfg.SOLVER.LINEAR_PROJ_NAMES = ["sampling_offsets", "reference_points"]
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"  # also Detectron2's "value" / "norm"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.1
+    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+    # Batches follow a seeded, resumable stream (grouppose.engine.data_stream), not groups of
+    # similar aspect ratio.
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+
+    # Data ----------------------------------------------------------------------------------
+    # The paper's (ED-Pose's) augmentation, built by grouppose.data.build_augmentation: flip,
+    # then with probability CROP_PROB resize the short side to one of CROP_RESIZE_SIZES and
+    # crop h, w in CROP.SIZE, then resize the short side to one of MIN_SIZE_TRAIN (long side
+    # <= MAX_SIZE_TRAIN). Test: short side 800, long side <= 1333.
+    cfg.INPUT.MIN_SIZE_TRAIN = tuple(range(480, 801, 32))
+    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+    cfg.INPUT.MAX_SIZE_TRAIN = 1333
+    cfg.INPUT.MIN_SIZE_TEST = 800
+    cfg.INPUT.MAX_SIZE_TEST = 1333
+    cfg.INPUT.RANDOM_FLIP = "horizontal"
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute_range"
+    cfg.INPUT.CROP.SIZE = [384, 600]
+    cfg.INPUT.CROP_RESIZE_SIZES = (400, 500, 600)  # new key: the crop branch's first resize
+    cfg.INPUT.CROP_PROB = 0.5  # new key: probability of the crop branch
+
+
+def _metadata_sigmas(cfg: CfgNode) -> Optional[list]:
+    for names in (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST):
+        if len(names):
+            sigmas = MetadataCatalog.get(names[0]).get("kpt_oks_sigmas", None)
+            if sigmas is not None:
+                return list(sigmas)
+    return None
+
+
+def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
+    """The (K,) OKS sigmas for matching and losses: MODEL.GROUP_POSE.OKS_SIGMAS, else the dataset
+    metadata's ``kpt_oks_sigmas``, else the standard sigmas for K (see add_grouppose_config)."""
+    num_keypoints = cfg.MODEL.GROUP_POSE.NUM_KEYPOINTS
+    sigmas, source = list(cfg.MODEL.GROUP_POSE.OKS_SIGMAS), "MODEL.GROUP_POSE.OKS_SIGMAS"
+    if not sigmas:
+        sigmas, source = _metadata_sigmas(cfg), "the dataset metadata's kpt_oks_sigmas"
+    if sigmas is None:
+        try:
+            return default_oks_sigmas(num_keypoints)
+        except ValueError as e:
+            raise ValueError(
+                f"{e}: set MODEL.GROUP_POSE.OKS_SIGMAS or the dataset metadata's kpt_oks_sigmas"
+            ) from e
+    if len(sigmas) != num_keypoints:
+        raise ValueError(
+            f"{source} has {len(sigmas)} values but MODEL.GROUP_POSE.NUM_KEYPOINTS is "
+            f"{num_keypoints}"
+        )
+    return as_sigmas(sigmas)

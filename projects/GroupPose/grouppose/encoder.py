@@ -1,0 +1,159 @@
+"""Deformable transformer encoder (Deformable DETR) over the flattened multi-level features."""
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from grouppose.blocks import FeedForward
+from grouppose.layers import MSDeformAttn
+
+
+@dataclass
+class FlattenedLevels:
+    """Multi-level feature maps flattened level by level, row-major, with their geometry.
+
+    S = sum over levels of H_l * W_l; L levels; B images; C channels.
+    """
+
+    features: Tensor  # (B, S, C)
+    padding_mask: Tensor  # (B, S) bool, True on padding
+    pos: Tensor  # (B, S, C) position encoding (without the level embedding)
+    spatial_shapes: Tensor  # (L, 2) int64 (H_l, W_l)
+    # The same as Python ints: loops over levels use these, so that they stay static under
+    # torch.export (reading a tensor's values there is data-dependent).
+    level_shapes: List[Tuple[int, int]]
+    level_start_index: Tensor  # (L,) int64 offset of each level in S
+    valid_ratios: Tensor  # (B, L, 2) unpadded fraction (w, h) of each level's map
+
+
+def valid_ratios(mask: Tensor) -> Tensor:
+    """Unpadded fraction of a padded map: (B, H, W) bool mask (True on padding) -> (B, 2) (w, h).
+    """
+    _, H, W = mask.shape
+    valid_h = (~mask[:, :, 0]).sum(1).float() / H
+    valid_w = (~mask[:, 0, :]).sum(1).float() / W
+    return torch.stack([valid_w, valid_h], dim=-1)
+
+
+def flatten_levels(
+    features: List[Tensor], masks: List[Tensor], pos: List[Tensor]
+) -> FlattenedLevels:
+    """Flatten per-level maps into one sequence.
+
+    Args:
+        features: L tensors (B, C, H_l, W_l).
+        masks: L tensors (B, H_l, W_l) bool, True on padding.
+        pos: L tensors (B, C, H_l, W_l) position encodings.
+    """
+    device = features[0].device
+    level_shapes = [(feature.shape[-2], feature.shape[-1]) for feature in features]
+    spatial_shapes = torch.tensor(level_shapes, dtype=torch.long, device=device)
+    areas = spatial_shapes.prod(1)
+    return FlattenedLevels(
+        features=torch.cat([f.flatten(2).transpose(1, 2) for f in features], dim=1),
+        padding_mask=torch.cat([m.flatten(1) for m in masks], dim=1),
+        pos=torch.cat([p.flatten(2).transpose(1, 2) for p in pos], dim=1),
+        spatial_shapes=spatial_shapes,
+        level_shapes=level_shapes,
+        level_start_index=torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]]),
+        valid_ratios=torch.stack([valid_ratios(m) for m in masks], dim=1),
+    )
+
+
+def encoder_reference_points(
+    level_shapes: Sequence[Tuple[int, int]], valid_ratios: Tensor
+) -> Tensor:
+    """Reference point of every flattened position for every level.
+
+    Cell centers normalised by the unpadded size of their own level, then mapped to each level
+    by its unpadded ratio (as the official Deformable DETR encoder does).
+
+    Args:
+        level_shapes: L (H, W); valid_ratios: (B, L, 2) (w, h).
+
+    Returns:
+        (B, S, L, 2) xy.
+    """
+    points = []
+    for level, (height, width) in enumerate(level_shapes):
+        device = valid_ratios.device
+        ys = torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device)
+        xs = torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        y = grid_y.reshape(1, -1) / (valid_ratios[:, None, level, 1] * height)
+        x = grid_x.reshape(1, -1) / (valid_ratios[:, None, level, 0] * width)
+        points.append(torch.stack((x, y), dim=-1))
+    return torch.cat(points, dim=1)[:, :, None] * valid_ratios[:, None]
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Post-norm layer: deformable self-attention -> add & norm -> FFN -> add & norm."""
+
+    def __init__(
+        self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
+        num_points: int,
+    ):
+        super().__init__()
+        self.self_attn = MSDeformAttn(dim, num_levels, num_heads, num_points)
+        self.dropout = nn.Dropout(dropout)
+        self.self_attn_norm = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim, dropout)
+
+    def forward(
+        self, src: Tensor, pos: Tensor, reference_points: Tensor, levels: FlattenedLevels
+    ) -> Tensor:
+        """
+        Args:
+            src: (B, S, C); pos: (B, S, C) position + level embedding;
+            reference_points: (B, S, L, 2).
+
+        Returns:
+            (B, S, C).
+        """
+        update = self.self_attn(
+            src + pos, reference_points, src, levels.spatial_shapes, levels.level_start_index,
+            levels.padding_mask,
+        )
+        src = self.self_attn_norm(src + self.dropout(update))
+        return self.ffn(src)
+
+
+class DeformableEncoder(nn.Module):
+    """Stack of deformable encoder layers; adds a learned per-level embedding to positions."""
+
+    def __init__(
+        self, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float,
+        num_levels: int, num_points: int,
+    ):
+        super().__init__()
+        self.level_embed = nn.Parameter(torch.empty(num_levels, dim))
+        self.layers = nn.ModuleList(
+            DeformableEncoderLayer(dim, num_heads, ffn_dim, dropout, num_levels, num_points)
+            for _ in range(num_layers)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier for linear weights, Deformable DETR init for deformable attention."""
+        for p in self.layers.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for module in self.modules():
+            if isinstance(module, MSDeformAttn):
+                module.reset_parameters()
+        nn.init.normal_(self.level_embed)
+
+    def forward(self, levels: FlattenedLevels) -> Tensor:
+        """Flattened multi-level features -> memory (B, S, C)."""
+        level_embed = torch.cat([
+            embed.expand(height * width, -1)
+            for embed, (height, width) in zip(self.level_embed, levels.level_shapes)
+        ])
+        pos = levels.pos + level_embed
+        reference_points = encoder_reference_points(levels.level_shapes, levels.valid_ratios)
+        memory = levels.features
+        for layer in self.layers:
+            memory = layer(memory, pos, reference_points, levels)
+        return memory

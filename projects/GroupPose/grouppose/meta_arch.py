@@ -1,0 +1,277 @@
+"""Group Pose (ICCV 2023) as a Detectron2 meta-architecture: images -> losses | Instances."""
+
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import ImageList, Instances
+from torch import Tensor, nn
+
+from grouppose.backbone import InputProjection, use_affine_frozen_batch_norm
+from grouppose.config import resolve_oks_sigmas
+from grouppose.criterion import INTERM_SUFFIX, SetCriterion, build_targets
+from grouppose.decoder import DecoderOutput, GroupPoseDecoder
+from grouppose.encoder import DeformableEncoder, FlattenedLevels, flatten_levels
+from grouppose.matcher import HungarianMatcher
+from grouppose.position_encoding import feature_map_position_encoding
+from grouppose.postprocess import poses_to_instances
+from grouppose.query_selection import InstanceKeypointQueries, QuerySelection, SelectedPoses
+
+__all__ = ["GroupPose", "NetworkOutput"]
+
+
+@dataclass
+class NetworkOutput:
+    """Everything one forward pass computes (B images, N persons, K keypoints, C channels)."""
+
+    levels: List[Tensor]  # L projected feature maps (B, C, H_l, W_l)
+    flattened: FlattenedLevels  # the same flattened, with masks, positions and geometry
+    memory: Tensor  # (B, S, C) encoder output
+    selection: SelectedPoses  # two-stage (encoder) prediction at the N selected positions
+    decoder: DecoderOutput  # per decoder layer hidden states, references and predictions
+
+    def predictions(self, with_aux: bool = True) -> Dict:
+        """The criterion's input: ``pred_logits`` (B, N), ``pred_keypoints`` (B, N, K, 2) of
+        the last decoder layer, ``aux_outputs`` (earlier layers, in order, if ``with_aux``) and
+        ``interm_outputs`` (the two-stage prediction), each a dict with those two keys."""
+        layers = [
+            {"pred_logits": logits, "pred_keypoints": keypoints}
+            for logits, keypoints in zip(self.decoder.logits, self.decoder.keypoints)
+        ]
+        outputs = dict(layers[-1])
+        if with_aux:
+            outputs["aux_outputs"] = layers[:-1]
+        outputs["interm_outputs"] = {
+            "pred_logits": self.selection.logits, "pred_keypoints": self.selection.keypoints,
+        }
+        return outputs
+
+
+def padding_mask(images: ImageList) -> Tensor:
+    """(B, H, W) bool, True on the padding of the batched images."""
+    B, _, H, W = images.tensor.shape
+    mask = torch.ones((B, H, W), dtype=torch.bool, device=images.tensor.device)
+    for i, (height, width) in enumerate(images.image_sizes):
+        mask[i, :height, :width] = False
+    return mask
+
+
+def downsample_mask(mask: Tensor, size: Tuple[int, int]) -> Tensor:
+    """(B, H, W) padding mask -> (B, h, w) by nearest interpolation (as the official does)."""
+    return F.interpolate(mask[None].float(), size=size).to(torch.bool)[0]
+
+
+@META_ARCH_REGISTRY.register()
+class GroupPose(nn.Module):
+    """Group Pose: end-to-end multi-person pose estimation with N x K keypoint queries and N
+    instance queries, decoded with within-instance and across-instance group self-attentions.
+
+    backbone -> input projections (+ extra levels) -> deformable encoder -> two-stage query
+    selection -> Group Pose decoder -> losses (training) or Instances (inference).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        in_features: List[str],
+        input_proj: InputProjection,
+        encoder: DeformableEncoder,
+        query_selection: QuerySelection,
+        queries: InstanceKeypointQueries,
+        decoder: GroupPoseDecoder,
+        criterion: SetCriterion,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        pos_temperature: float = 20.0,
+        aux_loss: bool = True,
+        test_topk: int = 50,
+        test_score_thresh: float = 0.0,
+    ):
+        """
+        Args:
+            backbone: Detectron2 backbone returning ``in_features``.
+            in_features: backbone outputs used, finest first.
+            input_proj, encoder, query_selection, queries, decoder: the model's parts.
+            criterion: matching + losses; its ``weight_dict`` weights the returned losses.
+            pixel_mean, pixel_std: input normalisation (0..255 units, Detectron2's PIXEL_MEAN /
+                PIXEL_STD), in the input format's channel order.
+            pos_temperature: temperature of the feature maps' sine position encoding.
+            aux_loss: whether earlier decoder layers are supervised too.
+            test_topk, test_score_thresh: inference keeps the test_topk best persons scoring
+                above test_score_thresh.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.in_features = list(in_features)
+        self.input_proj = input_proj
+        self.encoder = encoder
+        self.query_selection = query_selection
+        self.queries = queries
+        self.decoder = decoder
+        self.criterion = criterion
+        self.pos_temperature = pos_temperature
+        self.aux_loss = aux_loss
+        self.test_topk = test_topk
+        self.test_score_thresh = test_score_thresh
+        # Mean / std of images scaled to [0, 1], divided in float64 so that they round to the
+        # official float32 constants (0.485, ..., 0.229, ...); see preprocess_image.
+        for name, values in (("image_mean", pixel_mean), ("image_std", pixel_std)):
+            unit = torch.tensor(values, dtype=torch.float64) / 255
+            self.register_buffer(name, unit.float().view(-1, 1, 1), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        gp = cfg.MODEL.GROUP_POSE
+        # Frozen BN as the official computes it (see AffineFrozenBatchNorm2d).
+        backbone = use_affine_frozen_batch_norm(build_backbone(cfg))
+        shapes = backbone.output_shape()
+        missing = [name for name in gp.IN_FEATURES if name not in shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.GROUP_POSE.IN_FEATURES {missing} are not backbone outputs "
+                f"({sorted(shapes)})"
+            )
+        dim, levels = gp.HIDDEN_DIM, gp.NUM_FEATURE_LEVELS
+        layer_args = {
+            "dim": dim, "num_heads": gp.NHEADS, "ffn_dim": gp.DIM_FEEDFORWARD,
+            "dropout": gp.DROPOUT, "num_levels": levels,
+        }
+        sigmas = resolve_oks_sigmas(cfg)
+        matcher = HungarianMatcher(
+            cost_class=gp.COST_CLASS, cost_keypoints=gp.COST_KPT_L1, cost_oks=gp.COST_OKS,
+            focal_alpha=gp.FOCAL_ALPHA, sigmas=sigmas,
+        )
+        criterion = SetCriterion(
+            matcher, sigmas, focal_alpha=gp.FOCAL_ALPHA,
+            weight_dict={
+                "loss_cls": gp.CLS_WEIGHT, "loss_keypoints": gp.KPT_L1_WEIGHT,
+                "loss_oks": gp.OKS_WEIGHT,
+            },
+            num_aux_outputs=gp.DEC_LAYERS - 1 if gp.AUX_LOSS else 0,
+        )
+        for name in criterion.weight_dict:
+            if name.endswith(INTERM_SUFFIX):
+                criterion.weight_dict[name] *= gp.INTERM_LOSS_WEIGHT
+        return {
+            "backbone": backbone,
+            "in_features": gp.IN_FEATURES,
+            "input_proj": InputProjection(
+                [shapes[name].channels for name in gp.IN_FEATURES], dim, levels
+            ),
+            "encoder": DeformableEncoder(
+                gp.ENC_LAYERS, num_points=gp.ENC_N_POINTS, **layer_args
+            ),
+            "query_selection": QuerySelection(dim, gp.NUM_KEYPOINTS, gp.NUM_INSTANCES),
+            "queries": InstanceKeypointQueries(dim, gp.NUM_KEYPOINTS),
+            "decoder": GroupPoseDecoder(gp.DEC_LAYERS, num_points=gp.DEC_N_POINTS, **layer_args),
+            "criterion": criterion,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "pos_temperature": gp.POS_TEMPERATURE,
+            "aux_loss": gp.AUX_LOSS,
+            "test_topk": gp.TEST_TOPK,
+            "test_score_thresh": gp.TEST_SCORE_THRESH,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_mean.device
+
+    @property
+    def num_keypoints(self) -> int:
+        return self.queries.keypoint_embedding.num_embeddings
+
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: Detectron2 inputs; each dict has ``image`` (3, H, W) in
+                INPUT.FORMAT (uint8 or float, 0..255), optional ``height`` / ``width`` (output
+                size, default the input size) and in training ``instances`` with
+                ``gt_keypoints`` (Keypoints, (n, K, 3) pixels, v > 0 = labeled) and
+                ``gt_area`` (n,) person area in pixels.
+
+        Returns:
+            training: dict of weighted scalar losses (their sum is the total loss);
+            inference: per image ``{"instances": Instances}`` (see poses_to_instances).
+        """
+        images = self.preprocess_image(batched_inputs)
+        network = self.network(images)
+        if self.training:
+            targets = [
+                self._targets(x["instances"], image_size)
+                for x, image_size in zip(batched_inputs, images.image_sizes)
+            ]
+            losses = self.criterion(network.predictions(with_aux=self.aux_loss), targets)
+            return {name: loss * self.criterion.weight_dict[name] for name, loss in losses.items()}
+        return [
+            {"instances": self._instances(logits, keypoints, x, image_size)}
+            for logits, keypoints, x, image_size in zip(
+                network.decoder.logits[-1], network.decoder.keypoints[-1], batched_inputs,
+                images.image_sizes,
+            )
+        ]
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise, then zero-pad bottom/right to the largest image (no size divisibility).
+
+        Computed as the official pipeline (torchvision ToTensor + Normalize) does, on images
+        scaled to [0, 1]: (x / 255 - mean / 255) / (std / 255). That is (x - mean) / std up to
+        rounding; matching the official rounding bit for bit keeps the backbone's gradients
+        within 1e-3 of the official ones even with the reference fixture's random BN statistics.
+        """
+        images = [
+            (x["image"].to(self.device) / 255 - self.image_mean) / self.image_std
+            for x in batched_inputs
+        ]
+        return ImageList.from_tensors(images, size_divisibility=0)
+
+    def network(self, images: ImageList) -> NetworkOutput:
+        """Run the network on a normalised, padded batch."""
+        mask = padding_mask(images)
+        features = self.backbone(images.tensor)
+        levels = self.input_proj([features[name] for name in self.in_features])
+        masks = [downsample_mask(mask, level.shape[-2:]) for level in levels]
+        pos = [
+            feature_map_position_encoding(m, level.shape[1] // 2, self.pos_temperature)
+            for m, level in zip(masks, levels)
+        ]
+        flattened = flatten_levels(levels, masks, pos)
+        memory = self.encoder(flattened)
+        selection = self.query_selection(
+            memory, flattened.padding_mask, flattened.level_shapes
+        )
+        decoded = self.decoder(
+            self.queries(selection.embedding), selection.keypoints, memory, flattened
+        )
+        return NetworkOutput(levels, flattened, memory, selection, decoded)
+
+    def _targets(self, instances: Instances, image_size: Tuple[int, int]) -> Dict[str, Tensor]:
+        """One image's people in the criterion's normalised format (see build_targets)."""
+        if not instances.has("gt_keypoints"):
+            # Detectron2 adds no keypoint fields to the Instances of an image without people.
+            if instances.get_fields() and len(instances) > 0:
+                raise ValueError("training instances need the field 'gt_keypoints'")
+            keypoints = torch.zeros((0, self.num_keypoints, 3), device=self.device)
+            area = torch.zeros((0,), device=self.device)
+        else:
+            if not instances.has("gt_area"):
+                raise ValueError("training instances need the field 'gt_area' (person area)")
+            keypoints = instances.gt_keypoints.tensor.to(self.device)
+            area = instances.gt_area.to(self.device)
+        return build_targets(keypoints, area, image_size)
+
+    def _instances(
+        self, logits: Tensor, keypoints: Tensor, batched_input: Dict, image_size: Tuple[int, int]
+    ) -> Instances:
+        """One image's (N,) logits and (N, K, 2) keypoints -> Instances at the requested output
+        size (``height`` / ``width`` of the input dict, default the network input size)."""
+        height = batched_input.get("height", image_size[0])
+        width = batched_input.get("width", image_size[1])
+        return poses_to_instances(
+            logits, keypoints, (height, width), self.test_topk, self.test_score_thresh
+        )

@@ -1,0 +1,49 @@
+"""Group Pose predictions -> Detectron2 ``Instances`` in output-image pixels."""
+
+import math
+from typing import Tuple
+
+import torch
+from detectron2.structures import Boxes, Instances
+from torch import Tensor
+
+# The model has no keypoint-visibility head. Like the official implementation (which appends
+# a constant visibility logit of 1), every keypoint gets the score sigmoid(1) ~ 0.731.
+KEYPOINT_SCORE = 1.0 / (1.0 + math.exp(-1.0))
+
+
+def poses_to_instances(
+    logits: Tensor, keypoints: Tensor, output_size: Tuple[int, int], topk: int,
+    score_threshold: float = 0.0,
+) -> Instances:
+    """The ``topk`` highest-scoring poses of one image with score > ``score_threshold``.
+
+    Keypoints are predicted relative to the unpadded network input, so scaling them by the
+    output size is Detectron2's ``detector_postprocess`` rescaling (without its removal of empty
+    boxes: a pose whose keypoints coincide is still a prediction).
+
+    Args:
+        logits: (N,) person logits.
+        keypoints: (N, K, 2) xy in [0, 1] relative to the unpadded input image.
+        output_size: (height, width) of the image to report results in.
+        topk: maximum number of poses kept.
+        score_threshold: poses must score above it.
+
+    Returns:
+        Instances of size output_size with n <= topk poses, by decreasing score:
+        ``pred_keypoints`` (n, K, 3) x, y in pixels and a per-keypoint score; ``scores`` (n,)
+        sigmoid of the logit; ``pred_classes`` (n,) int64 zeros (person); ``pred_boxes`` (n, 4)
+        XYXY tight box around the keypoints.
+    """
+    height, width = output_size
+    scores, indices = logits.sigmoid().topk(min(topk, logits.shape[0]))
+    keep = scores > score_threshold
+    scores, indices = scores[keep], indices[keep]
+    xy = keypoints[indices] * torch.tensor([width, height], dtype=keypoints.dtype,
+                                            device=keypoints.device)
+    instances = Instances((height, width))
+    instances.pred_keypoints = torch.cat([xy, torch.full_like(xy[..., :1], KEYPOINT_SCORE)], -1)
+    instances.scores = scores
+    instances.pred_classes = torch.zeros_like(indices)
+    instances.pred_boxes = Boxes(torch.cat([xy.amin(dim=1), xy.amax(dim=1)], dim=-1))
+    return instances

@@ -1,0 +1,160 @@
+"""Two-stage query selection and the construction of Group Pose's queries.
+
+The encoder memory proposes one person at every position; the N best-scoring positions give the
+initial K-keypoint poses and the content of the decoder queries. Each selected person becomes a
+group of K + 1 queries: one instance query (scores the pose) followed by K keypoint queries
+(each regresses one keypoint).
+"""
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from grouppose.blocks import MLP, person_prior_logit
+
+# A proposal (center x, y and size w, h, all normalised) must lie strictly inside this open
+# interval to be used; the others are rejected (see encoder_proposals).
+_PROPOSAL_RANGE = (0.01, 0.99)
+# Size of the box proposed at level l: _PROPOSAL_BASE_SIZE * 2 ** l.
+_PROPOSAL_BASE_SIZE = 0.05
+
+
+@dataclass
+class SelectedPoses:
+    """The two-stage (encoder) prediction at the N selected positions."""
+
+    indices: Tensor  # (B, N) int64 positions in the flattened memory (S)
+    logits: Tensor  # (B, N) person logit at those positions (the top-N scores)
+    embedding: Tensor  # (B, N, C) selected memory after memory_proj + memory_norm
+    keypoints: Tensor  # (B, N, K, 2) initial poses, xy in [0, 1] of the unpadded image
+
+
+def encoder_proposals(
+    padding_mask: Tensor, level_shapes: Sequence[Tuple[int, int]]
+) -> Tuple[Tensor, Tensor]:
+    """The center proposed at every flattened position and whether the position may propose.
+
+    Position (i, j) of a level proposes the point ((j + 0.5) / W_valid, (i + 0.5) / H_valid) and
+    a box of size 0.05 * 2**level. Padding, and proposals not all inside the open interval
+    (0.01, 0.99), are rejected: from 50 cells (0.5 / 50 = 0.01) on, a level's outermost cells.
+
+    Args:
+        padding_mask: (B, S) bool, True on padding.
+        level_shapes: L (H, W).
+
+    Returns:
+        center logits (B, S, 2) (inverse sigmoid of the xy center; +inf where rejected) and
+        valid (B, S) bool.
+    """
+    B = padding_mask.shape[0]
+    low, high = _PROPOSAL_RANGE
+    centers, valid, start = [], [], 0
+    for level, (height, width) in enumerate(level_shapes):
+        mask = padding_mask[:, start : start + height * width].view(B, height, width)
+        start += height * width
+        valid_h = (~mask[:, :, 0]).sum(1)
+        valid_w = (~mask[:, 0, :]).sum(1)
+        ys = torch.linspace(0, height - 1, height, dtype=torch.float32, device=mask.device)
+        xs = torch.linspace(0, width - 1, width, dtype=torch.float32, device=mask.device)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack([grid_x, grid_y], dim=-1)  # (H, W, 2)
+        scale = torch.stack([valid_w, valid_h], dim=-1).view(B, 1, 1, 2)
+        center = ((grid[None] + 0.5) / scale).view(B, -1, 2)
+        size = _PROPOSAL_BASE_SIZE * 2.0**level
+        size_valid = low < size < high
+        inside = ((center > low) & (center < high)).all(-1)
+        centers.append(center)
+        # Not `inside & size_valid`: torch.jit.trace (fvcore's FLOP count) fails on Tensor & bool.
+        valid.append(inside if size_valid else torch.zeros_like(inside))
+    center = torch.cat(centers, dim=1)
+    valid = torch.cat(valid, dim=1) & ~padding_mask
+    center_logit = torch.log(center / (1 - center))
+    return center_logit.masked_fill(~valid[..., None], float("inf")), valid
+
+
+class QuerySelection(nn.Module):
+    """Two-stage selection: score every memory position as a person, keep the top N.
+
+    Its class and keypoint predictions at the kept positions are the encoder (``interm``)
+    predictions; its keypoints initialise the decoder's reference points.
+    """
+
+    def __init__(self, dim: int, num_keypoints: int, num_instances: int):
+        super().__init__()
+        self.num_keypoints = num_keypoints
+        self.num_instances = num_instances
+        self.memory_proj = nn.Linear(dim, dim)
+        self.memory_norm = nn.LayerNorm(dim)
+        self.class_head = nn.Linear(dim, 1)
+        self.keypoint_head = MLP(dim, 2 * dim, 2 * num_keypoints, 4)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier projection and keypoint MLP, person-prior class bias, zero keypoint offsets
+        (initial poses start at the proposal centers)."""
+        nn.init.xavier_uniform_(self.memory_proj.weight)
+        nn.init.zeros_(self.memory_proj.bias)
+        for layer in self.keypoint_head.layers:
+            nn.init.xavier_uniform_(layer.weight)
+        nn.init.constant_(self.class_head.bias, person_prior_logit())
+        nn.init.zeros_(self.keypoint_head.layers[-1].weight)
+        nn.init.zeros_(self.keypoint_head.layers[-1].bias)
+
+    def forward(
+        self, memory: Tensor, padding_mask: Tensor, level_shapes: Sequence[Tuple[int, int]]
+    ) -> SelectedPoses:
+        """
+        Args:
+            memory: (B, S, C) encoder output; padding_mask: (B, S) bool, True on padding;
+            level_shapes: L (H, W).
+        """
+        center_logit, valid = encoder_proposals(padding_mask, level_shapes)
+        memory = memory.masked_fill(~valid[..., None], 0.0)
+        embedding = self.memory_norm(self.memory_proj(memory))
+        logits = self.class_head(embedding).squeeze(-1)  # (B, S)
+        # Rejected positions cannot be selected while enough valid ones exist. (The official
+        # code leaves them in the top-N; a trained model never picks them.)
+        scores = logits.detach().masked_fill(~valid, float("-inf"))
+        num_selected = min(self.num_instances, scores.shape[1])
+        indices = scores.topk(num_selected, dim=1).indices  # (B, N)
+
+        selected = embedding.gather(1, indices[..., None].expand(-1, -1, embedding.shape[-1]))
+        B, N = indices.shape
+        keypoint_logits = self.keypoint_head(selected).view(B, N, self.num_keypoints, 2)
+        selected_center = center_logit.gather(1, indices[..., None].expand(-1, -1, 2))
+        keypoints = (keypoint_logits + selected_center[:, :, None]).sigmoid()
+        return SelectedPoses(
+            indices=indices,
+            logits=logits.gather(1, indices),
+            embedding=selected,
+            keypoints=keypoints,
+        )
+
+
+class InstanceKeypointQueries(nn.Module):
+    """Content of the N x (K + 1) decoder queries: per person one instance query and K keypoint
+    queries.
+
+    Keypoint query k of a person = learnable keypoint embedding k + that person's selected
+    memory feature; instance query = one learnable instance embedding, shared by all persons.
+    The selected features come in detached: the decoder does not train the query selection.
+    """
+
+    def __init__(self, dim: int, num_keypoints: int):
+        super().__init__()
+        self.instance_embedding = nn.Embedding(1, dim)
+        self.keypoint_embedding = nn.Embedding(num_keypoints, dim)
+        nn.init.xavier_uniform_(self.instance_embedding.weight)
+        nn.init.xavier_uniform_(self.keypoint_embedding.weight)
+
+    def forward(self, selected_embedding: Tensor) -> Tensor:
+        """(B, N, C) selected memory features -> (B, N, K + 1, C) queries, instance query first.
+        """
+        B, N, C = selected_embedding.shape
+        keypoint_queries = self.keypoint_embedding.weight[None, None] + (
+            selected_embedding.detach()[:, :, None]
+        )
+        instance_query = self.instance_embedding.weight[None, None].expand(B, N, 1, C)
+        return torch.cat([instance_query, keypoint_queries], dim=2)

@@ -1,0 +1,295 @@
+"""GroupPose meta-architecture: config, training on awkward batches, inference output format.
+
+Uses a tiny model (tests/tiny_grouppose.py: ResNet-18, hidden size 64, 1 encoder layer) with
+few instances, for speed.
+"""
+
+import itertools
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import annotations_to_instances
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.modeling import build_model
+from detectron2.structures import ImageList, Instances, Keypoints
+from detectron2.utils.visualizer import Visualizer
+from tiny_grouppose import BASE_CONFIG, tiny_config
+
+import grouppose
+from grouppose import add_grouppose_config
+from grouppose.meta_arch import GroupPose, padding_mask
+from grouppose.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
+from grouppose.postprocess import KEYPOINT_SCORE
+
+NUM_INSTANCES = 6
+DEC_LAYERS = 2
+
+
+def tiny_cfg(num_keypoints: int = 17, **group_pose):
+    cfg = tiny_config()
+    cfg.DATASETS.TEST = ()
+    gp = cfg.MODEL.GROUP_POSE
+    gp.NUM_KEYPOINTS = num_keypoints
+    gp.DEC_LAYERS = DEC_LAYERS
+    gp.NUM_INSTANCES = NUM_INSTANCES
+    gp.TEST_TOPK = 4
+    for key, value in group_pose.items():
+        gp[key] = value
+    return cfg
+
+
+def build(cfg) -> GroupPose:
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def person_instances(image_size, num_people: int, num_keypoints: int, seed: int) -> Instances:
+    """Random people inside an image of (H, W), some keypoints unlabeled (v = 0 at 0, 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = image_size
+    if num_people == 0:
+        return annotations_to_instances([], image_size)  # gt_boxes and gt_classes only
+    instances = Instances(image_size)
+    xy = torch.rand(num_people, num_keypoints, 2, generator=generator) * torch.tensor(
+        [width - 1, height - 1]
+    )
+    v = torch.randint(0, 3, (num_people, num_keypoints), generator=generator).float()
+    xy[v == 0] = 0
+    instances.gt_keypoints = Keypoints(torch.cat([xy, v[..., None]], dim=-1))
+    instances.gt_area = torch.rand(num_people, generator=generator) * height * width / 4 + 1
+    return instances
+
+
+def image(height: int, width: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
+
+
+def training_batch(sizes_and_people, num_keypoints: int = 17):
+    return [
+        {
+            "image": image(height, width, seed),
+            "instances": person_instances((height, width), people, num_keypoints, seed),
+        }
+        for seed, ((height, width), people) in enumerate(sizes_and_people)
+    ]
+
+
+def expected_loss_names(aux_layers: int):
+    suffixes = ["", *(f"_{i}" for i in range(aux_layers)), "_interm"]
+    return {
+        base + suffix
+        for base, suffix in itertools.product(("loss_cls", "loss_keypoints", "loss_oks"), suffixes)
+    }
+
+
+def train_step(model: GroupPose, batch) -> dict:
+    """One SGD step; returns the losses and checks that trainable parameters changed."""
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    losses = model(batch)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    changed = [n for n, p in model.named_parameters() if n in before and
+               not torch.equal(before[n], p.detach())]
+    assert any(n.startswith("backbone.res3") for n in changed)
+    assert any(n.startswith("decoder.") for n in changed)
+    assert any(n.startswith("query_selection.") for n in changed)
+    return losses
+
+
+def test_import_registers_and_config_defaults():
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    assert META_ARCH_REGISTRY.get("GroupPose") is grouppose.GroupPose
+    cfg = get_cfg()
+    add_grouppose_config(cfg)
+    cfg.merge_from_file(str(BASE_CONFIG))
+    gp = cfg.MODEL.GROUP_POSE
+    assert (gp.NUM_INSTANCES, gp.NUM_KEYPOINTS, gp.HIDDEN_DIM, gp.NHEADS) == (100, 17, 256, 8)
+    assert (gp.ENC_LAYERS, gp.DEC_LAYERS, gp.NUM_FEATURE_LEVELS, gp.TEST_TOPK) == (6, 6, 4, 50)
+    assert (gp.CLS_WEIGHT, gp.KPT_L1_WEIGHT, gp.OKS_WEIGHT) == (2.0, 10.0, 4.0)
+    assert (gp.COST_CLASS, gp.COST_KPT_L1, gp.COST_OKS, gp.FOCAL_ALPHA) == (2.0, 10.0, 4.0, 0.25)
+    assert gp.IN_FEATURES == ["res3", "res4", "res5"] and gp.POS_TEMPERATURE == 20
+    assert cfg.MODEL.META_ARCHITECTURE == "GroupPose" and cfg.INPUT.FORMAT == "RGB"
+    assert not cfg.MODEL.RESNETS.STRIDE_IN_1X1 and cfg.MODEL.RESNETS.NORM == "FrozenBN"
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 2
+
+
+def test_training_two_sizes_with_an_image_without_people():
+    cfg = tiny_cfg()
+    model = build(cfg)
+    batch = training_batch([((64, 96), 3), ((80, 56), 0)])
+    losses = train_step(model, batch)
+    assert set(losses) == expected_loss_names(DEC_LAYERS - 1)
+    for name, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+        assert value.requires_grad, name
+    # Frozen stem and res2 (FREEZE_AT = 2) get no gradient.
+    assert all(p.grad is None for n, p in model.named_parameters()
+               if n.startswith(("backbone.stem", "backbone.res2")))
+
+
+def test_padding_mask_and_loss_weights():
+    cfg = tiny_cfg(INTERM_LOSS_WEIGHT=0.5, CLS_WEIGHT=3.0)
+    model = build(cfg)
+    images = model.preprocess_image(training_batch([((64, 96), 1), ((80, 56), 1)]))
+    assert tuple(images.tensor.shape) == (2, 3, 80, 96)  # no size divisibility
+    mask = padding_mask(images)
+    assert not mask[0, :64, :].any() and mask[0, 64:, :].all()
+    assert not mask[1, :, :56].any() and mask[1, :, 56:].all()
+    assert (images.tensor[0, :, 64:] == 0).all() and (images.tensor[1, :, :, 56:] == 0).all()
+    weights = model.criterion.weight_dict
+    assert weights["loss_cls"] == weights["loss_cls_0"] == 3.0
+    assert weights["loss_cls_interm"] == 1.5 and weights["loss_oks_interm"] == 2.0
+
+
+def test_training_without_aux_loss():
+    model = build(tiny_cfg(AUX_LOSS=False))
+    model.train()
+    losses = model(training_batch([((64, 64), 2)]))
+    assert set(losses) == expected_loss_names(0)
+
+
+def test_crowdpose_k14_trains_a_step():
+    model = build(tiny_cfg(num_keypoints=14))
+    assert torch.allclose(model.criterion.sigmas, torch.tensor(CROWDPOSE_OKS_SIGMAS))
+    losses = train_step(model, training_batch([((64, 80), 2), ((72, 64), 1)], 14))
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        (result,) = model([{"image": image(64, 80, 0)}])
+    assert result["instances"].pred_keypoints.shape[1:] == (14, 3)
+
+
+def test_custom_k5_sigmas_from_metadata():
+    sigmas = [0.3, 0.4, 0.5, 0.6, 0.7]
+    name = "grouppose_test_k5_train"
+    MetadataCatalog.get(name).set(kpt_oks_sigmas=sigmas)
+    try:
+        cfg = tiny_cfg(num_keypoints=5)
+        cfg.DATASETS.TRAIN = (name,)
+        model = build(cfg)
+        assert torch.allclose(model.criterion.sigmas, torch.tensor(sigmas))
+        assert torch.allclose(model.criterion.matcher.sigmas, torch.tensor(sigmas))
+        losses = train_step(model, training_batch([((64, 64), 2)], 5))
+        assert all(torch.isfinite(v) for v in losses.values())
+        # The config key wins over the metadata.
+        cfg.MODEL.GROUP_POSE.OKS_SIGMAS = [1.0] * 5
+        assert torch.allclose(build(cfg).criterion.sigmas, torch.ones(5))
+    finally:
+        MetadataCatalog.remove(name)
+
+
+def test_sigmas_errors():
+    cfg = tiny_cfg(num_keypoints=5)
+    with pytest.raises(ValueError, match="OKS_SIGMAS"):
+        build(cfg)  # K = 5: no standard sigmas and none given
+    cfg.MODEL.GROUP_POSE.OKS_SIGMAS = [0.5] * 4
+    with pytest.raises(ValueError, match="4 values"):
+        build(cfg)
+    assert torch.allclose(build(tiny_cfg()).criterion.sigmas, torch.tensor(COCO_OKS_SIGMAS))
+
+
+def test_inference_without_confident_person_returns_empty_instances():
+    model = build(tiny_cfg(TEST_SCORE_THRESH=0.5))
+    with torch.no_grad():
+        model.decoder.class_heads[-1].bias.fill_(-10.0)  # every score ~ 5e-5
+    model.eval()
+    with torch.no_grad():
+        (result,) = model([{"image": image(64, 96, 0), "height": 128, "width": 192}])
+    instances = result["instances"]
+    assert len(instances) == 0 and instances.image_size == (128, 192)
+    assert instances.pred_keypoints.shape == (0, 17, 3)
+    assert instances.pred_boxes.tensor.shape == (0, 4) and instances.scores.shape == (0,)
+    assert instances_to_coco_json(instances, 1) == []
+
+
+def test_inference_output_format_and_rescaling():
+    model = build(tiny_cfg())
+    model.eval()
+    inputs = [
+        {"image": image(64, 96, 0), "height": 128, "width": 192},
+        {"image": image(80, 56, 1)},  # output size defaults to the input size
+    ]
+    with torch.no_grad():
+        results = model(inputs)
+        network = model.network(model.preprocess_image(inputs))
+    for index, (result, size) in enumerate(zip(results, [(128, 192), (80, 56)])):
+        instances = result["instances"]
+        height, width = size
+        assert instances.image_size == size and len(instances) == 4  # TEST_TOPK
+        keypoints = instances.pred_keypoints
+        assert keypoints.shape == (4, 17, 3) and keypoints.dtype == torch.float32
+        assert (keypoints[..., 2] == KEYPOINT_SCORE).all()
+        assert (instances.scores[:-1] >= instances.scores[1:]).all()
+        assert instances.pred_classes.dtype == torch.int64 and (instances.pred_classes == 0).all()
+        # The best poses of the last decoder layer, scaled from [0, 1] to the output size.
+        scores, order = network.decoder.logits[-1][index].sigmoid().topk(4)
+        assert torch.allclose(instances.scores, scores)
+        expected = network.decoder.keypoints[-1][index][order] * torch.tensor([width, height])
+        assert torch.allclose(keypoints[..., :2], expected)
+        boxes = instances.pred_boxes.tensor
+        assert torch.allclose(boxes[:, :2], keypoints[..., :2].amin(1))
+        assert torch.allclose(boxes[:, 2:], keypoints[..., :2].amax(1))
+        coco = instances_to_coco_json(instances, index)
+        assert len(coco) == 4 and len(coco[0]["keypoints"]) == 17 * 3
+        assert coco[0]["category_id"] == 0
+    metadata = MetadataCatalog.get("grouppose_test_visualizer")
+    metadata.thing_classes = ["person"]
+    try:
+        canvas = torch.zeros(128, 192, 3, dtype=torch.uint8).numpy()
+        drawn = Visualizer(canvas, metadata).draw_instance_predictions(results[0]["instances"])
+        assert drawn.get_image().shape == (128, 192, 3)
+    finally:
+        MetadataCatalog.remove("grouppose_test_visualizer")
+
+
+@pytest.mark.parametrize("size", [(8, 8), (33, 17), (150, 20)])
+def test_inference_on_any_image_size(size):
+    model = build(tiny_cfg())
+    model.eval()
+    with torch.no_grad():
+        (result,) = model([{"image": image(*size, 0)}])
+        network = model.network(model.preprocess_image([{"image": image(*size, 0)}]))
+    positions = network.memory.shape[1]
+    instances = result["instances"]
+    assert len(instances) == min(4, NUM_INSTANCES, positions)
+    assert torch.isfinite(instances.pred_keypoints).all()
+
+
+def test_network_output_shapes():
+    model = build(tiny_cfg())
+    model.eval()
+    with torch.no_grad():
+        network = model.network(
+            ImageList.from_tensors([torch.zeros(3, 64, 96), torch.zeros(3, 80, 56)])
+        )
+    predictions = network.predictions()
+    assert predictions["pred_logits"].shape == (2, NUM_INSTANCES)
+    assert predictions["pred_keypoints"].shape == (2, NUM_INSTANCES, 17, 2)
+    assert len(predictions["aux_outputs"]) == DEC_LAYERS - 1
+    assert predictions["interm_outputs"]["pred_keypoints"].shape == (2, NUM_INSTANCES, 17, 2)
+    assert [level.shape[-2:] for level in network.levels] == [
+        (10, 12), (5, 6), (3, 3), (2, 2)
+    ]
+    assert network.decoder.hidden[0].shape == (2, NUM_INSTANCES, 18, 64)
+    assert len(network.decoder.reference_points) == DEC_LAYERS + 1
+
+
+@pytest.mark.cuda
+def test_cuda_training_step_and_inference():
+    cfg = tiny_cfg()
+    cfg.MODEL.DEVICE = "cuda"
+    model = build(cfg)
+    losses = train_step(model, training_batch([((64, 96), 3), ((80, 56), 0)]))
+    assert all(torch.isfinite(v) and v.device.type == "cuda" for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        (result,) = model([{"image": image(64, 96, 0), "height": 128, "width": 192}])
+    assert result["instances"].pred_keypoints.device.type == "cuda"
+    assert len(result["instances"]) == 4

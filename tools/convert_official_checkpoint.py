@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Convert an official Group Pose checkpoint into a Detectron2 checkpoint for this project.
+
+    python tools/convert_official_checkpoint.py grouppose_r50_coco.pth model_final.pth \\
+        --config-file configs/COCO/grouppose_r50.yaml
+
+With a config (file and/or KEY VALUE opts) the checkpoint is refused unless its architecture
+(K, hidden size, layers, feature levels) matches it; without one the architecture read from the
+checkpoint is printed. The output loads with ``DetectionCheckpointer(model).load(OUT)``.
+"""
+
+import argparse
+import sys
+from typing import List, Optional
+
+import torch
+from detectron2.config import get_cfg
+
+from grouppose import add_grouppose_config
+from grouppose.checkpoint import (
+    convert_official_checkpoint,
+    detectron2_checkpoint,
+    load_official_state_dict,
+)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="official checkpoint ({'model': state_dict})")
+    parser.add_argument("output", help="Detectron2 checkpoint to write")
+    parser.add_argument("--config-file", default="", help="target config; refuse on mismatch")
+    parser.add_argument(
+        "--trust-pickle", action="store_true",
+        help="load the input with weights_only=False (only for trusted files)",
+    )
+    parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    cfg = None
+    if args.config_file or args.opts:
+        cfg = get_cfg()
+        add_grouppose_config(cfg)
+        if args.config_file:
+            cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    try:
+        state_dict = load_official_state_dict(args.input, trust_pickle=args.trust_pickle)
+        converted, report = convert_official_checkpoint(state_dict, cfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    torch.save(detectron2_checkpoint(converted), args.output)
+    print(f"{report.summary()} -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
