@@ -21,7 +21,7 @@ import grouppose
 from grouppose import add_grouppose_config
 from grouppose.meta_arch import GroupPose, padding_mask
 from grouppose.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
-from grouppose.postprocess import KEYPOINT_SCORE
+from grouppose.postprocess import KEYPOINT_SCORE, PIXEL_CENTER_OFFSET
 
 NUM_INSTANCES = 6
 DEC_LAYERS = 2
@@ -228,10 +228,12 @@ def test_inference_output_format_and_rescaling():
         assert (keypoints[..., 2] == KEYPOINT_SCORE).all()
         assert (instances.scores[:-1] >= instances.scores[1:]).all()
         assert instances.pred_classes.dtype == torch.int64 and (instances.pred_classes == 0).all()
-        # The best poses of the last decoder layer, scaled from [0, 1] to the output size.
+        # The best poses of the last decoder layer, scaled from [0, 1] to the output size, in
+        # Detectron2's continuous pixel frame.
         scores, order = network.decoder.logits[-1][index].sigmoid().topk(4)
         assert torch.allclose(instances.scores, scores)
         expected = network.decoder.keypoints[-1][index][order] * torch.tensor([width, height])
+        expected += PIXEL_CENTER_OFFSET
         assert torch.allclose(keypoints[..., :2], expected)
         boxes = instances.pred_boxes.tensor
         assert torch.allclose(boxes[:, :2], keypoints[..., :2].amin(1))

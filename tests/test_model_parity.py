@@ -18,7 +18,7 @@ from tiny_grouppose import BASE_CONFIG
 from grouppose import add_grouppose_config
 from grouppose.checkpoint import convert_official_checkpoint
 from grouppose.meta_arch import NetworkOutput
-from grouppose.postprocess import KEYPOINT_SCORE
+from grouppose.postprocess import KEYPOINT_SCORE, PIXEL_CENTER_OFFSET
 from grouppose.query_selection import QuerySelection, encoder_proposals
 
 # Suggested tolerances of the reference README.
@@ -75,13 +75,16 @@ def converted(reference_dir):
 
 
 def reference_batch(reference: Dict, with_people: bool) -> List[Dict]:
-    """The reference images (float RGB 0..255) as Detectron2 inputs, optionally with people."""
+    """The reference images (float RGB 0..255) as Detectron2 inputs, optionally with people
+    (keypoints in Detectron2's continuous frame, as its COCO loader gives them)."""
     batch = []
     for image, target in zip(reference["inputs"]["raw_rgb_0_255"], reference["targets"]):
         item = {"image": image.clone()}
         if with_people:
             instances = Instances(tuple(image.shape[-2:]))
-            instances.gt_keypoints = Keypoints(target["keypoints_pixels_xyv"].clone())
+            keypoints = target["keypoints_pixels_xyv"].clone()
+            keypoints[..., :2] += PIXEL_CENTER_OFFSET
+            instances.gt_keypoints = Keypoints(keypoints)
             instances.gt_area = target["area_pixels"].clone()
             item["instances"] = instances
         batch.append(item)
@@ -170,9 +173,12 @@ def test_postprocess(converted, reference):
         assert (official["labels"] == 1).all()
         assert (instances.pred_classes == 0).all()
         assert_close(instances.scores, official["scores"], f"postprocess[{image}] scores")
-        # Pixels of images ~200 wide: 1e-4 of the normalised coordinates ~ 2e-2 pixels.
+        # Pixels of images ~200 wide: 1e-4 of the normalised coordinates ~ 2e-2 pixels. Ours are
+        # in Detectron2's continuous frame, the official's in annotation values.
+        keypoints = instances.pred_keypoints.clone()
+        keypoints[..., :2] -= PIXEL_CENTER_OFFSET
         assert_close(
-            instances.pred_keypoints.flatten(1), official["keypoints"],
+            keypoints.flatten(1), official["keypoints"],
             f"postprocess[{image}] keypoints", atol=OUTPUT_ATOL * max(size.tolist()),
         )
 

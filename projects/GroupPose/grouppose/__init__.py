@@ -8,3 +8,5 @@ from .config import add_grouppose_config
 from .meta_arch import GroupPose
 
 __version__ = "0.1.0"
+
+__all__ = ["GroupPose", "add_grouppose_config"]

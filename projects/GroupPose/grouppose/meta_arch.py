@@ -17,7 +17,7 @@ from grouppose.decoder import DecoderOutput, GroupPoseDecoder
 from grouppose.encoder import DeformableEncoder, FlattenedLevels, flatten_levels
 from grouppose.matcher import HungarianMatcher
 from grouppose.position_encoding import feature_map_position_encoding
-from grouppose.postprocess import poses_to_instances
+from grouppose.postprocess import PIXEL_CENTER_OFFSET, poses_to_instances
 from grouppose.query_selection import InstanceKeypointQueries, QuerySelection, SelectedPoses
 
 __all__ = ["GroupPose", "NetworkOutput"]
@@ -261,7 +261,8 @@ class GroupPose(nn.Module):
         else:
             if not instances.has("gt_area"):
                 raise ValueError("training instances need the field 'gt_area' (person area)")
-            keypoints = instances.gt_keypoints.tensor.to(self.device)
+            keypoints = instances.gt_keypoints.tensor.to(self.device).clone()
+            keypoints[..., :2] -= PIXEL_CENTER_OFFSET  # Detectron2's frame -> the network's
             area = instances.gt_area.to(self.device)
         return build_targets(keypoints, area, image_size)
 

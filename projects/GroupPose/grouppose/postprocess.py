@@ -11,6 +11,13 @@ from torch import Tensor
 # a constant visibility logit of 1), every keypoint gets the score sigmoid(1) ~ 0.731.
 KEYPOINT_SCORE = 1.0 / (1.0 + math.exp(-1.0))
 
+# Detectron2 treats keypoint coordinates as continuous, pixel i spanning [i, i + 1): its COCO
+# loader adds 0.5 to annotated coordinates and its COCO evaluator subtracts 0.5 from predicted
+# ones. The network works in the official implementation's frame (annotated values as they
+# are), so that official weights give the official numbers: targets are shifted by -0.5 on the
+# way in (GroupPose._targets) and predictions by +0.5 on the way out.
+PIXEL_CENTER_OFFSET = 0.5
+
 
 def poses_to_instances(
     logits: Tensor, keypoints: Tensor, output_size: Tuple[int, int], topk: int,
@@ -20,7 +27,8 @@ def poses_to_instances(
 
     Keypoints are predicted relative to the unpadded network input, so scaling them by the
     output size is Detectron2's ``detector_postprocess`` rescaling (without its removal of empty
-    boxes: a pose whose keypoints coincide is still a prediction).
+    boxes: a pose whose keypoints coincide is still a prediction); then they move to
+    Detectron2's continuous frame (+ PIXEL_CENTER_OFFSET).
 
     Args:
         logits: (N,) person logits.
@@ -39,8 +47,8 @@ def poses_to_instances(
     scores, indices = logits.sigmoid().topk(min(topk, logits.shape[0]))
     keep = scores > score_threshold
     scores, indices = scores[keep], indices[keep]
-    xy = keypoints[indices] * torch.tensor([width, height], dtype=keypoints.dtype,
-                                            device=keypoints.device)
+    scale = torch.tensor([width, height], dtype=keypoints.dtype, device=keypoints.device)
+    xy = keypoints[indices] * scale + PIXEL_CENTER_OFFSET
     instances = Instances((height, width))
     instances.pred_keypoints = torch.cat([xy, torch.full_like(xy[..., :1], KEYPOINT_SCORE)], -1)
     instances.scores = scores
