@@ -4,6 +4,7 @@ Importing this package registers the meta-architecture, backbones and datasets w
 Detectron2's registries, as Detectron2 projects do.
 """
 
+from . import data  # noqa: F401  (importing it registers the datasets)
 from .config import add_grouppose_config
 from .meta_arch import GroupPose
 

@@ -1,0 +1,266 @@
+"""Load a COCO-format keypoint json into Detectron2 dataset dicts, checked and with "area".
+
+Detectron2's ``load_coco_json`` drops each person's ``area`` (the OKS scale Group Pose trains
+with) unless asked for it, and passes malformed annotations through to fail much later, deep in a
+data-loader worker. ``load_keypoint_json`` keeps ``area`` and the annotation ``id`` and applies one
+policy at load time, so that each problem is either a clear error naming the json file and the
+annotation id, or a counted skip logged in a single line per load:
+
+Errors (``ValueError``):
+    - an image file that does not exist;
+    - an annotation whose keypoint list does not hold 3 * K numbers (K = the dataset's
+      ``keypoint_names``), or holds something that is not a number (e.g. ``null``);
+    - a bbox with a non-finite value.
+
+Counted skips (one warning line):
+    - a labeled keypoint (v > 0) with a NaN / infinite coordinate becomes unlabeled (0, 0, 0);
+    - a labeled keypoint outside the image becomes unlabeled (as Detectron2 does after
+      augmentation);
+    - a person (iscrowd = 0) with neither a positive "area" nor a positive box is dropped.
+
+Counted notes (one info line; nothing valid is lost):
+    - people without a usable "area" (missing, zero or NaN, e.g. all of CrowdPose) get their box
+      area, as the official CrowdPose pipeline does;
+    - people without any labeled keypoint, and images whose people are all crowd regions, stay in
+      the dicts (evaluation and Detectron2's image filtering see them) but give no training
+      target: the mapper drops them.
+
+Coordinates follow Detectron2: keypoints become continuous coordinates (pixel index + 0.5).
+"""
+
+import dataclasses
+import json
+import logging
+from typing import Dict, List, Optional
+
+import numpy as np
+from detectron2.data.datasets import load_coco_json
+from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
+
+__all__ = ["LoadSummary", "load_keypoint_json", "person_area"]
+
+logger = logging.getLogger(__name__)
+
+# At most this many offending file names are quoted in an error message.
+_MAX_QUOTED = 5
+
+
+@dataclasses.dataclass
+class LoadSummary:
+    """What ``load_keypoint_json`` changed or noted, as counts (see the module docstring)."""
+
+    dataset_name: str
+    json_file: str
+    images: int = 0
+    people: int = 0
+    nonfinite_keypoints: int = 0
+    outside_keypoints: int = 0
+    zero_area_people: int = 0
+    area_from_box: int = 0
+    people_without_keypoints: int = 0
+    crowd_only_images: int = 0
+
+    def log(self) -> None:
+        """One warning line for the skips (if any), one info line for the rest."""
+        skips = {
+            "labeled keypoints with NaN/inf coordinates made unlabeled": self.nonfinite_keypoints,
+            "labeled keypoints outside their image made unlabeled": self.outside_keypoints,
+            "people with no positive area or box dropped": self.zero_area_people,
+        }
+        notes = {
+            "people given their box area (no usable 'area')": self.area_from_box,
+            "people without labeled keypoints (no training target)": self.people_without_keypoints,
+            "images whose people are all crowd (no training target)": self.crowd_only_images,
+        }
+        where = f"dataset '{self.dataset_name}' ({self.json_file})"
+        if any(skips.values()):
+            logger.warning(f"{where}: " + "; ".join(f"{n} {what}" for what, n in skips.items()))
+        logger.info(
+            f"{where}: {self.images} images, {self.people} people; "
+            + "; ".join(f"{n} {what}" for what, n in notes.items())
+        )
+
+
+def person_area(annotation: dict) -> Optional[float]:
+    """A person's area in pixels: its "area" when positive and finite, else its box area.
+
+    Args:
+        annotation: a Detectron2 annotation dict ("bbox", "bbox_mode", optional "area").
+
+    Returns:
+        The area, or None when neither is positive.
+    """
+    area = annotation.get("area")
+    if area is not None and np.isfinite(area) and area > 0:
+        return float(area)
+    x0, y0, x1, y1 = BoxMode.convert(annotation["bbox"], annotation["bbox_mode"], BoxMode.XYXY_ABS)
+    box_area = float(max(x1 - x0, 0.0) * max(y1 - y0, 0.0))
+    return box_area if box_area > 0 else None
+
+
+def _first_non_numeric_keypoints(json_file: str) -> Optional[int]:
+    """The id of the first annotation whose keypoints hold a non-number (e.g. null), if any."""
+    with PathManager.open(json_file) as f:
+        annotations = json.load(f).get("annotations", [])
+    for annotation in annotations:
+        values = annotation.get("keypoints") or []
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return annotation.get("id")
+    return None
+
+
+def _load_coco_records(json_file: str, image_root: str, dataset_name: str) -> List[dict]:
+    """Detectron2's loader, keeping "area" and "id"; a non-numeric keypoint is a clear error."""
+    try:
+        return load_coco_json(
+            json_file, image_root, dataset_name, extra_annotation_keys=["area", "id"]
+        )
+    except TypeError as e:
+        annotation_id = _first_non_numeric_keypoints(json_file)
+        if annotation_id is None:
+            raise
+        raise ValueError(
+            f"{json_file}: annotation id {annotation_id} has a keypoint value that is not a number"
+        ) from e
+
+
+def _check_image_files(records: List[dict], json_file: str) -> None:
+    missing = [r["file_name"] for r in records if not PathManager.isfile(r["file_name"])]
+    if missing:
+        raise ValueError(
+            f"{json_file}: {len(missing)} of {len(records)} image files are missing, e.g. "
+            + ", ".join(f"'{m}'" for m in missing[:_MAX_QUOTED])
+        )
+
+
+def _check_keypoint_count(annotation: dict, json_file: str, num_keypoints: int) -> None:
+    count = len(annotation.get("keypoints") or [])
+    if count != 3 * num_keypoints:
+        raise ValueError(
+            f"{json_file}: annotation id {annotation.get('id')} has {count} keypoint values "
+            f"({count / 3:g} keypoints), but the dataset's metadata has K = {num_keypoints} "
+            f"keypoint_names ({3 * num_keypoints} values)"
+        )
+
+
+def _check_boxes(annotations: List[dict], json_file: str) -> np.ndarray:
+    """(N, 4) XYWH boxes; a non-finite value is an error naming the annotation."""
+    boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
+    bad = np.flatnonzero(~np.isfinite(boxes).all(axis=1))
+    if len(bad):
+        annotation = annotations[bad[0]]
+        raise ValueError(
+            f"{json_file}: annotation id {annotation.get('id')} has a non-finite bbox "
+            f"{annotation['bbox']}"
+        )
+    return boxes
+
+
+def _clean_keypoints(
+    keypoints: np.ndarray, image_sizes: np.ndarray, summary: LoadSummary
+) -> None:
+    """Make labeled keypoints with NaN/inf or out-of-image coordinates unlabeled, in place.
+
+    Args:
+        keypoints: (N, K, 3) x, y, v.
+        image_sizes: (N, 2) width, height of each annotation's image.
+    """
+    labeled = keypoints[:, :, 2] > 0
+    finite = np.isfinite(keypoints[:, :, :2]).all(axis=2)
+    with np.errstate(invalid="ignore"):
+        xy = keypoints[:, :, :2]
+        inside = ((xy >= 0) & (xy <= image_sizes[:, None, :])).all(axis=2)
+    summary.nonfinite_keypoints += int((labeled & ~finite).sum())
+    summary.outside_keypoints += int((labeled & finite & ~inside).sum())
+    # COCO convention: an unlabeled keypoint is (0, 0, 0).
+    keypoints[~(labeled & finite & inside)] = 0
+
+
+def _areas(annotations: List[dict], boxes: np.ndarray, summary: LoadSummary) -> np.ndarray:
+    """(N,) person areas: "area" when positive and finite, else the box area (see
+    ``person_area``; boxes are XYWH as load_coco_json gives them). 0 = no usable area."""
+    given = np.array([np.nan if a.get("area") is None else a["area"] for a in annotations],
+                     dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        usable = np.isfinite(given) & (given > 0)
+    box_areas = boxes[:, 2].clip(min=0) * boxes[:, 3].clip(min=0)
+    crowd = np.array([bool(a.get("iscrowd", 0)) for a in annotations], dtype=bool)
+    summary.area_from_box += int((~usable & ~crowd & (box_areas > 0)).sum())
+    return np.where(usable, given, box_areas)
+
+
+def _clean_records(
+    records: List[dict], json_file: str, num_keypoints: int, summary: LoadSummary
+) -> None:
+    """Apply the module's policy to all annotations at once (vectorised: COCO has 262k)."""
+    annotations = [a for r in records for a in r["annotations"]]
+    for annotation in annotations:
+        _check_keypoint_count(annotation, json_file, num_keypoints)
+    boxes = _check_boxes(annotations, json_file)
+    keypoints = np.array([a["keypoints"] for a in annotations], dtype=np.float64)
+    keypoints = keypoints.reshape(-1, num_keypoints, 3)
+    image_sizes = np.array([(r["width"], r["height"]) for r in records for _ in r["annotations"]],
+                           dtype=np.float64).reshape(-1, 2)
+    _clean_keypoints(keypoints, image_sizes, summary)
+    areas = _areas(annotations, boxes, summary)
+    has_keypoints = (keypoints[:, :, 2] > 0).any(axis=1)
+    for annotation, points, area in zip(annotations, keypoints.reshape(len(annotations), -1)
+                                        .tolist(), areas.tolist()):
+        annotation["keypoints"] = points
+        if not annotation.get("iscrowd", 0):
+            annotation["area"] = area
+    _drop_arealess_people(records, areas, has_keypoints, summary)
+
+
+def _drop_arealess_people(
+    records: List[dict], areas: np.ndarray, has_keypoints: np.ndarray, summary: LoadSummary
+) -> None:
+    """Drop people without a usable area; count people and crowd-only images.
+
+    Args:
+        areas, has_keypoints: (N,) over the records' annotations, in order.
+    """
+    index = 0
+    for record in records:
+        kept, people = [], 0
+        for annotation in record["annotations"]:
+            crowd = bool(annotation.get("iscrowd", 0))
+            if not crowd and areas[index] <= 0:
+                summary.zero_area_people += 1
+            else:
+                kept.append(annotation)
+                people += not crowd
+                summary.people_without_keypoints += int(not crowd and not has_keypoints[index])
+            index += 1
+        record["annotations"] = kept
+        summary.people += people
+        summary.crowd_only_images += int(people == 0 and len(kept) > 0)
+
+
+def load_keypoint_json(
+    json_file: str, image_root: str, dataset_name: str, num_keypoints: int
+) -> List[Dict]:
+    """Load a COCO-format keypoint json as Detectron2 dataset dicts (see the module docstring).
+
+    Args:
+        json_file: the COCO-format annotation file.
+        image_root: folder the json's image ``file_name`` values are relative to.
+        dataset_name: the registered name (used for metadata and messages).
+        num_keypoints: K, the number of keypoints every annotation must have.
+
+    Returns:
+        list of dicts with "file_name", "height", "width", "image_id" and "annotations"; each
+        annotation has "bbox" (XYWH_ABS), "keypoints" (3K floats), "category_id", "iscrowd",
+        "id" and, for people (iscrowd = 0), "area" (> 0, pixels).
+
+    Raises:
+        ValueError naming ``json_file`` (and the annotation id) for the errors listed in the
+        module docstring.
+    """
+    records = _load_coco_records(json_file, image_root, dataset_name)
+    _check_image_files(records, json_file)
+    summary = LoadSummary(dataset_name=dataset_name, json_file=json_file, images=len(records))
+    _clean_records(records, json_file, num_keypoints, summary)
+    summary.log()
+    return records

@@ -1,0 +1,16 @@
+"""Keypoint evaluation: COCO (pycocotools via Detectron2) and CrowdPose (xtcocotools)."""
+
+from grouppose.evaluation.build import build_keypoint_evaluator, keypoint_oks_sigmas
+from grouppose.evaluation.crowdpose import (
+    CROWDPOSE_METRICS,
+    CrowdPoseEvaluator,
+    crowdpose_keypoint_ap,
+)
+
+__all__ = [
+    "CROWDPOSE_METRICS",
+    "CrowdPoseEvaluator",
+    "build_keypoint_evaluator",
+    "crowdpose_keypoint_ap",
+    "keypoint_oks_sigmas",
+]

@@ -1,0 +1,82 @@
+"""Pick the keypoint evaluator a dataset needs: COCO's (pycocotools) or CrowdPose's."""
+
+import json
+from typing import List, Optional
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.utils.file_io import PathManager
+
+from grouppose.evaluation.crowdpose import CrowdPoseEvaluator
+from grouppose.oks import default_oks_sigmas
+
+__all__ = ["build_keypoint_evaluator", "keypoint_oks_sigmas"]
+
+
+def keypoint_oks_sigmas(cfg: CfgNode, dataset_name: str) -> List[float]:
+    """The OKS sigmas to evaluate ``dataset_name`` with: cfg.TEST.KEYPOINT_OKS_SIGMAS when set,
+    else the dataset's ``kpt_oks_sigmas`` metadata, else the standard ones for K = 17 / 14.
+
+    Raises:
+        ValueError when their number differs from the dataset's keypoint count.
+    """
+    metadata = MetadataCatalog.get(dataset_name)
+    names = metadata.get("keypoint_names")
+    if names is None:
+        raise ValueError(f"dataset '{dataset_name}' has no keypoint_names metadata")
+    sigmas = list(cfg.TEST.KEYPOINT_OKS_SIGMAS) or list(metadata.get("kpt_oks_sigmas", []))
+    if not sigmas:
+        sigmas = default_oks_sigmas(len(names)).tolist()
+    if len(sigmas) != len(names):
+        raise ValueError(
+            f"{len(sigmas)} OKS sigmas (cfg.TEST.KEYPOINT_OKS_SIGMAS or the kpt_oks_sigmas "
+            f"metadata) but dataset '{dataset_name}' has {len(names)} keypoints"
+        )
+    return sigmas
+
+
+def _check_has_area(json_file: str) -> None:
+    """pycocotools scales OKS by each person's "area": fail early, naming the annotation."""
+    with PathManager.open(json_file) as f:
+        annotations = json.load(f).get("annotations", [])
+    for annotation in annotations:
+        if "area" not in annotation:
+            raise ValueError(
+                f"{json_file}: annotation id {annotation.get('id')} has no 'area', which COCO "
+                "keypoint evaluation needs (CrowdPose-style datasets without area: register "
+                "them with evaluator_type='crowdpose')"
+            )
+
+
+def build_keypoint_evaluator(
+    cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None
+) -> DatasetEvaluator:
+    """Keypoint evaluator for a registered dataset.
+
+    ``evaluator_type`` "crowdpose" (crowdpose_* datasets): ``CrowdPoseEvaluator`` (xtcocotools).
+    Otherwise (COCO, synthetic, custom K): Detectron2's ``COCOEvaluator`` on the "keypoints"
+    task with the official pycocotools (``use_fast_impl=False``; the fast one needs Detectron2's
+    C++ extension) and the dataset's OKS sigmas (see ``keypoint_oks_sigmas``).
+
+    The dataset is loaded first unless it already was in this process: that sets the category
+    id mapping COCOEvaluator needs, generates a synthetic dataset that does not exist yet, and
+    fails with an error naming the file for other missing datasets.
+    """
+    metadata = MetadataCatalog.get(dataset_name)
+    if metadata.get("thing_dataset_id_to_contiguous_id") is None:
+        DatasetCatalog.get(dataset_name)
+    json_file = metadata.get("json_file")
+    sigmas = keypoint_oks_sigmas(cfg, dataset_name)
+    if metadata.get("evaluator_type") == "crowdpose":
+        return CrowdPoseEvaluator(dataset_name, sigmas, output_dir=output_dir)
+    if json_file is not None:
+        _check_has_area(json_file)
+    return COCOEvaluator(
+        dataset_name,
+        tasks=("keypoints",),
+        distributed=True,
+        output_dir=output_dir,
+        use_fast_impl=False,
+        kpt_oks_sigmas=sigmas,
+    )
