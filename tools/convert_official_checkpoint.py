@@ -2,7 +2,7 @@
 """Convert an official Group Pose checkpoint into a Detectron2 checkpoint for this project.
 
     python tools/convert_official_checkpoint.py grouppose_r50_coco.pth model_final.pth \\
-        --config-file configs/COCO/grouppose_r50.yaml
+        --config-file configs/COCO-Keypoints/grouppose_R50_60e.yaml
 
 With a config (file and/or KEY VALUE opts) the checkpoint is refused unless its architecture
 (K, hidden size, layers, feature levels) matches it; without one the architecture read from the
