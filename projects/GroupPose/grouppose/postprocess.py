@@ -19,6 +19,16 @@ KEYPOINT_SCORE = 1.0 / (1.0 + math.exp(-1.0))
 PIXEL_CENTER_OFFSET = 0.5
 
 
+def keypoints_to_pixels(keypoints: Tensor, output_size: Tuple[int, int]) -> Tensor:
+    """(..., K, 2) xy in [0, 1] of the unpadded input -> (..., K, 3) Detectron2
+    ``pred_keypoints``: x, y in pixels of an image of ``output_size`` (height, width), in
+    Detectron2's continuous frame, and the constant per-keypoint score."""
+    height, width = output_size
+    scale = torch.tensor([width, height], dtype=keypoints.dtype, device=keypoints.device)
+    xy = keypoints * scale + PIXEL_CENTER_OFFSET
+    return torch.cat([xy, torch.full_like(xy[..., :1], KEYPOINT_SCORE)], dim=-1)
+
+
 def poses_to_instances(
     logits: Tensor, keypoints: Tensor, output_size: Tuple[int, int], topk: int,
     score_threshold: float = 0.0,
@@ -47,10 +57,10 @@ def poses_to_instances(
     scores, indices = logits.sigmoid().topk(min(topk, logits.shape[0]))
     keep = scores > score_threshold
     scores, indices = scores[keep], indices[keep]
-    scale = torch.tensor([width, height], dtype=keypoints.dtype, device=keypoints.device)
-    xy = keypoints[indices] * scale + PIXEL_CENTER_OFFSET
+    pred_keypoints = keypoints_to_pixels(keypoints[indices], output_size)
+    xy = pred_keypoints[..., :2]
     instances = Instances((height, width))
-    instances.pred_keypoints = torch.cat([xy, torch.full_like(xy[..., :1], KEYPOINT_SCORE)], -1)
+    instances.pred_keypoints = pred_keypoints
     instances.scores = scores
     instances.pred_classes = torch.zeros_like(indices)
     instances.pred_boxes = Boxes(torch.cat([xy.amin(dim=1), xy.amax(dim=1)], dim=-1))

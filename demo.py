@@ -1,0 +1,224 @@
+"""Group Pose demo: draw the poses found in images, a folder, a video or a webcam stream.
+
+    python demo.py --config-file configs/COCO-Keypoints/grouppose_R50_60e.yaml \
+        --input photos/ "more/*.jpg" --output vis/ --opts MODEL.WEIGHTS model.pth
+    python demo.py --config-file ... --video-input clip.mp4 --output clip_poses.mp4 --opts ...
+
+Without --output the results are shown in a window (needs OpenCV with GUI support).
+"""
+
+import argparse
+import contextlib
+import glob
+import os
+import sys
+from typing import Iterable, List, Optional
+
+import cv2
+from detectron2.utils.logger import setup_logger
+from tqdm import tqdm
+
+from grouppose.image_io import IMAGE_EXTENSIONS, read_image
+from grouppose.predictor import GroupPosePredictor
+from grouppose.visualization import VisualizationDemo
+
+WINDOW_NAME = "Group Pose"
+_ESC_KEY = 27
+# Used when a video does not report its frame rate.
+_DEFAULT_FPS = 30.0
+_GLOB_CHARACTERS = "*?["
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Group Pose demo (Detectron2)")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config")
+    parser.add_argument("--webcam", action="store_true", help="take input from the webcam")
+    parser.add_argument("--video-input", help="path to a video file")
+    parser.add_argument(
+        "--input", nargs="+", help="image files, globs (quote them) or folders of images"
+    )
+    parser.add_argument(
+        "--output",
+        help="folder (or, for a single image or a video, file) to save the drawings to; "
+        "if not given, they are shown in a window",
+    )
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.5, help="minimum score of a drawn pose"
+    )
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
+    )
+    return parser
+
+
+def expand_inputs(patterns: Iterable[str]) -> List[str]:
+    """Image files named by ``--input``: files as given, globs expanded, folders listed (their
+    images, sorted). A glob or folder that matches no image is an error naming it."""
+    paths: List[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            matches = sorted(
+                os.path.join(pattern, name)
+                for name in os.listdir(pattern)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        elif any(character in pattern for character in _GLOB_CHARACTERS):
+            matches = sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
+        else:
+            matches = [pattern]
+        if not matches:
+            raise ValueError(f"--input '{pattern}' matches no image file")
+        paths.extend(matches)
+    return paths
+
+
+def image_output_path(output: str, input_path: str, num_inputs: int) -> str:
+    """Where to save the drawing of ``input_path``: inside ``output`` when it is a folder (an
+    existing one, one ending with a separator, or any when there are several inputs)."""
+    if num_inputs > 1 or os.path.isdir(output) or output.endswith(os.sep):
+        os.makedirs(output, exist_ok=True)
+        return os.path.join(output, os.path.basename(input_path))
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    return output
+
+
+class DisplayUnavailableError(RuntimeError):
+    """OpenCV cannot open a window (e.g. opencv-python-headless, or no display)."""
+
+
+def show(image) -> bool:
+    """Show a BGR image in the demo window; False once the user pressed Esc."""
+    try:
+        cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
+        cv2.imshow(WINDOW_NAME, image)
+    except cv2.error as e:
+        raise DisplayUnavailableError(
+            f"cannot open a window to show the results ({e.msg.strip()}); pass --output to "
+            "save them instead"
+        ) from e
+    return cv2.waitKey(1) != _ESC_KEY
+
+
+def close_window() -> None:
+    """Close the demo window if one was opened."""
+    # Raises when no window was opened (or OpenCV has no GUI): then there is nothing to close.
+    with contextlib.suppress(cv2.error):
+        cv2.destroyWindow(WINDOW_NAME)
+
+
+def run_on_images(demo: VisualizationDemo, paths: List[str], output: Optional[str]) -> int:
+    """Process images, printing people count and latency per image; returns the exit status
+    (1 when some image could not be read: each is reported by name and skipped)."""
+    unreadable = []
+    for path in tqdm(paths, disable=len(paths) == 1, unit="image"):
+        try:
+            image = read_image(path)
+        except ValueError as e:
+            tqdm.write(f"error: {e}", file=sys.stderr)
+            unreadable.append(path)
+            continue
+        result = demo.run_on_image(image)
+        tqdm.write(
+            f"{path}: {len(result.instances)} people in {result.latency * 1000:.0f} ms"
+        )
+        if output:
+            cv2.imwrite(image_output_path(output, path, len(paths)), result.visualization)
+        elif not show(result.visualization):
+            break
+    if unreadable:
+        print(f"error: {len(unreadable)} input(s) could not be read: {unreadable}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def open_video(source) -> cv2.VideoCapture:
+    """Open a video file (or a camera index); ValueError naming it when that fails."""
+    if isinstance(source, str) and not os.path.isfile(source):
+        raise ValueError(f"video file not found: '{source}'")
+    video = cv2.VideoCapture(source)
+    if not video.isOpened():
+        raise ValueError(f"cannot open video '{source}' (corrupt, unsupported or no camera)")
+    return video
+
+
+def video_output_path(output: str, input_path: str) -> str:
+    """``output`` itself, or ``<output>/<input name>.mp4`` when ``output`` is a folder."""
+    if os.path.isdir(output) or output.endswith(os.sep):
+        os.makedirs(output, exist_ok=True)
+        return os.path.join(output, os.path.splitext(os.path.basename(input_path))[0] + ".mp4")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    return output
+
+
+def run_on_video(demo: VisualizationDemo, source, output: Optional[str]) -> int:
+    """Process a video file (or camera index) frame by frame; writes an mp4 or shows it."""
+    video = open_video(source)
+    num_frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    fps = video.get(cv2.CAP_PROP_FPS) or _DEFAULT_FPS
+    writer = None
+    people: List[int] = []
+    latencies: List[float] = []
+    try:
+        progress = tqdm(demo.run_on_video(video), total=num_frames, unit="frame")
+        for result in progress:
+            people.append(len(result.instances))
+            latencies.append(result.latency)
+            progress.set_postfix(people=people[-1], latency=f"{latencies[-1] * 1000:.0f}ms")
+            if output:
+                if writer is None:
+                    writer = open_video_writer(video_output_path(output, str(source)), fps,
+                                               result.visualization.shape)
+                writer.write(result.visualization)
+            elif not show(result.visualization):
+                break
+    finally:
+        video.release()
+        if writer is not None:
+            writer.release()
+    if not latencies:
+        raise ValueError(f"video '{source}' has no readable frame")
+    print(f"{source}: {len(latencies)} frames, {sum(people) / len(people):.1f} people per "
+          f"frame, {sum(latencies) / len(latencies) * 1000:.0f} ms per frame")
+    return 0
+
+
+def open_video_writer(path: str, fps: float, frame_shape) -> cv2.VideoWriter:
+    """An mp4 (MPEG-4 part 2) writer for (H, W, 3) BGR frames."""
+    height, width = frame_shape[:2]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise ValueError(f"cannot write video '{path}'")
+    return writer
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    sources = [bool(args.input), bool(args.video_input), args.webcam]
+    if sum(sources) != 1:
+        parser.error("give exactly one of --input, --video-input and --webcam")
+    if args.webcam and args.output:
+        parser.error("--output is not supported with --webcam")
+    logger = setup_logger(name="grouppose.demo")
+    logger.info(f"Arguments: {args}")
+
+    try:
+        paths = expand_inputs(args.input) if args.input else []
+        predictor = GroupPosePredictor(
+            args.config_file, score_threshold=args.confidence_threshold, opts=args.opts
+        )
+        demo = VisualizationDemo(predictor)
+        if args.input:
+            return run_on_images(demo, paths, args.output)
+        return run_on_video(demo, 0 if args.webcam else args.video_input, args.output)
+    except (ValueError, DisplayUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.output:
+            close_window()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Exporting Group Pose inference with ``torch.export``.
+
+Detectron2's input and output (lists of dicts, ``Instances``) cannot be exported, so
+``GroupPoseExportModule`` wraps the network with tensors in and out. The deformable attention
+exports as the single custom op ``torch.ops.grouppose.ms_deform_attn`` (its fake kernel gives
+torch.export the output shape), so ``grouppose._C`` must be built, and loaded (``import
+grouppose``) wherever the exported program runs.
+
+    model = build_model(cfg); DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    program = export_grouppose(model, height=800, width=1216)
+    torch.export.save(program, "grouppose.pt2")
+    scores, keypoints = torch.export.load("grouppose.pt2").module()(normalized_images)
+"""
+
+from typing import Tuple
+
+import torch
+from detectron2.structures import ImageList
+from torch import Tensor, nn
+
+from grouppose.meta_arch import GroupPose
+from grouppose.postprocess import keypoints_to_pixels
+
+__all__ = ["GroupPoseExportModule", "export_grouppose"]
+
+
+class GroupPoseExportModule(nn.Module):
+    """Group Pose inference on a batch of same-size, unpadded, normalised images.
+
+    The exported program has a fixed input size (export once per size): the level geometry is
+    Python control flow and is specialised at export. Images are not padded: a padding mask
+    would need per-image sizes as input.
+    """
+
+    def __init__(self, model: GroupPose):
+        super().__init__()
+        self.model = model.eval()
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) 0..255 in the model's INPUT.FORMAT (RGB for Group Pose) -> the
+        normalised input of ``forward``, exactly as the model's own preprocessing computes it."""
+        return self.model.preprocess_image([{"image": image} for image in images]).tensor
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
+        """
+        Args:
+            images: (B, 3, H, W) float, already normalised (see ``normalize``).
+
+        Returns:
+            scores (B, N) person scores in [0, 1], best first;
+            keypoints (B, N, K, 3) as Detectron2's ``pred_keypoints`` (x, y in pixels of the
+            input, a constant per-keypoint score), in the order of ``scores``.
+        """
+        B, _, H, W = images.shape
+        network = self.model.network(ImageList(images, [(H, W)] * B))
+        scores, order = network.decoder.logits[-1].sigmoid().sort(dim=1, descending=True)
+        keypoints = network.decoder.keypoints[-1]  # (B, N, K, 2) in [0, 1]
+        keypoints = keypoints.gather(1, order[:, :, None, None].expand_as(keypoints))
+        return scores, keypoints_to_pixels(keypoints, (H, W))
+
+
+def export_grouppose(
+    model: GroupPose, height: int, width: int, batch_size: int = 1
+) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``GroupPoseExportModule(model)`` for (batch_size, 3, height, width)
+    normalised inputs on the model's device."""
+    if height <= 0 or width <= 0 or batch_size <= 0:
+        raise ValueError(
+            f"export_grouppose: height, width and batch_size must be positive, got "
+            f"{height}, {width}, {batch_size}"
+        )
+    module = GroupPoseExportModule(model)
+    example = torch.zeros((batch_size, 3, height, width), device=model.device)
+    with torch.no_grad():
+        return torch.export.export(module, (example,))

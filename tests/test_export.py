@@ -1,0 +1,77 @@
+"""torch.export of Group Pose inference: the exported program computes what the eager model does.
+"""
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from tiny_grouppose import NUM_INSTANCES, tiny_config
+
+from grouppose.export import GroupPoseExportModule, export_grouppose
+
+HEIGHT, WIDTH = 64, 96
+NUM_KEYPOINTS = 17
+DEFORMABLE_ATTENTION_LAYERS = 3  # 1 encoder + 2 decoder layers
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(model):
+    return export_grouppose(model, HEIGHT, WIDTH)
+
+
+@pytest.fixture(scope="module")
+def image():
+    """(3, H, W) RGB 0..255, unlike the all-zero example the program was exported with."""
+    return torch.rand((3, HEIGHT, WIDTH), generator=torch.Generator().manual_seed(1)) * 255
+
+
+def test_exported_outputs_equal_eager_outputs(model, exported, image):
+    module = GroupPoseExportModule(model)
+    normalized = module.normalize(image[None])
+    with torch.no_grad():
+        eager_scores, eager_keypoints = module(normalized)
+    scores, keypoints = exported.module()(normalized)
+
+    assert scores.shape == (1, NUM_INSTANCES)
+    assert keypoints.shape == (1, NUM_INSTANCES, NUM_KEYPOINTS, 3)
+    torch.testing.assert_close(scores, eager_scores, rtol=0, atol=1e-5)
+    torch.testing.assert_close(keypoints, eager_keypoints, rtol=0, atol=1e-4)
+
+
+def test_exported_outputs_equal_the_detectron2_models_instances(model, exported, image):
+    """Same poses, same order as ``model([{"image": ...}])`` (the top N, unthresholded)."""
+    with torch.no_grad():
+        instances = model([{"image": image}])[0]["instances"]
+    scores, keypoints = exported.module()(GroupPoseExportModule(model).normalize(image[None]))
+
+    assert len(instances) == NUM_INSTANCES
+    torch.testing.assert_close(scores[0], instances.scores, rtol=0, atol=1e-5)
+    torch.testing.assert_close(keypoints[0], instances.pred_keypoints, rtol=0, atol=1e-4)
+
+
+def test_deformable_attention_is_exported_as_the_custom_op(exported):
+    targets = [node.target for node in exported.graph.nodes if node.op == "call_function"]
+    assert targets.count(torch.ops.grouppose.ms_deform_attn.default) == (
+        DEFORMABLE_ATTENTION_LAYERS
+    )
+
+
+def test_saved_program_loads_and_runs(model, exported, image, tmp_path):
+    path = tmp_path / "grouppose.pt2"
+    torch.export.save(exported, path)
+    normalized = GroupPoseExportModule(model).normalize(image[None])
+
+    loaded = torch.export.load(path).module()(normalized)
+
+    for actual, expected in zip(loaded, exported.module()(normalized)):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_export_rejects_bad_sizes(model):
+    with pytest.raises(ValueError, match="height, width and batch_size must be positive"):
+        export_grouppose(model, 0, WIDTH)
