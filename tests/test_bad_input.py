@@ -24,7 +24,6 @@ from grouppose.config import add_grouppose_config
 from grouppose.data import (
     GroupPoseDatasetMapper,
     load_keypoint_json,
-    read_dataset_image,
     register_keypoint_dataset,
 )
 from grouppose.data.datasets import (
@@ -34,6 +33,7 @@ from grouppose.data.datasets import (
 )
 from grouppose.data.synthetic import generate_synthetic_crowdpose
 from grouppose.evaluation import build_keypoint_evaluator
+from grouppose.image_io import read_image
 from grouppose.oks import CROWDPOSE_OKS_SIGMAS
 
 LOGGER = "grouppose.data.keypoint_json"
@@ -97,24 +97,24 @@ def test_grayscale_rgba_and_16_bit_images_become_8_bit_three_channel(tmp_path):
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
     cv2.imwrite(str(tmp_path / "gray.png"), gray)
     for image_format in ("RGB", "BGR"):
-        image = read_dataset_image(str(tmp_path / "gray.png"), image_format)
+        image = read_image(str(tmp_path / "gray.png"), image_format)
         assert image.shape == (3, 4, 3) and image.dtype == np.uint8
         assert (image == gray[:, :, None]).all()
 
     bgra = np.zeros((2, 2, 4), np.uint8)
     bgra[..., 0], bgra[..., 1], bgra[..., 2], bgra[..., 3] = 10, 20, 30, 0  # fully transparent
     cv2.imwrite(str(tmp_path / "rgba.png"), bgra)
-    assert read_dataset_image(str(tmp_path / "rgba.png"), "RGB")[0, 0].tolist() == [30, 20, 10]
-    assert read_dataset_image(str(tmp_path / "rgba.png"), "BGR")[0, 0].tolist() == [10, 20, 30]
+    assert read_image(str(tmp_path / "rgba.png"), "RGB")[0, 0].tolist() == [30, 20, 10]
+    assert read_image(str(tmp_path / "rgba.png"), "BGR")[0, 0].tolist() == [10, 20, 30]
 
     deep = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "deep.png"), deep)
-    image = read_dataset_image(str(tmp_path / "deep.png"), "RGB")
+    image = read_image(str(tmp_path / "deep.png"), "RGB")
     assert image.shape == (1, 3, 3)
     assert image[0, :, 0].tolist() == [0, 100, 255]  # scaled by 255 / 65535, not clipped
 
     with pytest.raises(ValueError, match="image_format"):
-        read_dataset_image(str(tmp_path / "gray.png"), "YUV-BT.601")
+        read_image(str(tmp_path / "gray.png"), "YUV-BT.601")
 
 
 def test_keypoints_outside_the_image_become_unlabeled_and_are_counted(tmp_path, caplog):

@@ -108,7 +108,7 @@ def test_unreadable_inputs_are_named_and_skipped(config_file, tmp_path, capsys):
 
     assert [p.name for p in output.iterdir()] == ["good.png"]
     stderr = capsys.readouterr().err
-    assert "broken.jpg" in stderr and "cannot decode" in stderr
+    assert "broken.jpg" in stderr and "cannot read image" in stderr
 
 
 def test_glob_input(config_file, tmp_path, capsys):

@@ -1,43 +1,71 @@
-"""Reading images for inference: any common file or array becomes an 8-bit BGR (H, W, 3) array.
+"""Reading images: any common file or array becomes an 8-bit, three-channel image.
 
-Detectron2's predictors take 8-bit BGR images. Users have grayscale, RGBA and 16-bit images
-too; these are converted (gray replicated to three channels, alpha dropped, 16-bit scaled to
-8-bit) rather than rejected.
+One reader for training, evaluation and inference. Detectron2's ``read_image`` clips 16-bit
+grayscale images to 255 (almost all white) and lets decoding errors escape as bare PIL
+exceptions; OpenCV's ``imread`` decodes a truncated JPEG into a half-gray image without an
+error. So files are decoded with PIL, which raises on truncated files, and:
+- grayscale, palette, CMYK and RGBA images become three channels (alpha dropped);
+- 16-bit images (PIL modes ``I;16*`` and ``I``) are scaled to 8 bits by 255 / 65535;
+- the EXIF orientation is applied, as Detectron2 does;
+- a missing, truncated or undecodable file raises a ``ValueError`` naming the file.
+Arrays given to the predictor get the same conversions (``as_bgr_uint8``).
 """
 
 import os
 from typing import Union
 
-import cv2
 import numpy as np
+from detectron2.data.detection_utils import convert_PIL_to_numpy
+from detectron2.utils.file_io import PathManager
+from PIL import Image, ImageOps
 
 __all__ = ["IMAGE_EXTENSIONS", "as_bgr_uint8", "read_image"]
 
 # Files a folder given to the demo is searched for (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
-# Keeps colour images in colour, turns gray into BGR, drops alpha, keeps 16-bit depth and, unlike
-# IMREAD_UNCHANGED, applies the EXIF orientation as Detectron2's own `read_image` does.
-_IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
+SUPPORTED_FORMATS = ("RGB", "BGR")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _UINT16_TO_UINT8 = 255.0 / 65535.0
 
 
-def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
-    """Read an image file as 8-bit BGR.
+def _to_eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) grayscale image scaled into an 8-bit ``L`` image."""
+    values = np.asarray(image, dtype=np.float64) * _UINT16_TO_UINT8
+    return Image.fromarray(np.rint(np.clip(values, 0, 255)).astype(np.uint8), mode="L")
+
+
+def read_image(file_name: Union[str, os.PathLike], image_format: str = "BGR") -> np.ndarray:
+    """Read an image file.
+
+    Args:
+        file_name: path of the image (anything Detectron2's PathManager opens).
+        image_format: "RGB" or "BGR" (cfg.INPUT.FORMAT; Detectron2's predictors take BGR).
 
     Returns:
-        (H, W, 3) uint8 BGR.
+        (H, W, 3) uint8 array in ``image_format`` channel order.
 
     Raises:
-        ValueError naming ``path`` when it is missing or cannot be decoded as an image.
+        ValueError naming ``file_name`` when it is missing, truncated or not an image, and
+        naming ``image_format`` when it is not supported.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"image file not found: '{path}'")
-    image = cv2.imread(path, _IMREAD_FLAGS)
-    if image is None:
-        raise ValueError(f"cannot decode '{path}' as an image (corrupt or unsupported format)")
-    return as_bgr_uint8(image, name=path)
+    file_name = os.fspath(file_name)
+    if image_format not in SUPPORTED_FORMATS:
+        raise ValueError(f"image_format must be one of {SUPPORTED_FORMATS}, got {image_format!r}")
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            image = ImageOps.exif_transpose(Image.open(f))
+            if image.mode in _SIXTEEN_BIT_MODES:
+                image = _to_eight_bit(image)
+            elif image.mode == "F":
+                raise ValueError("floating-point (PIL mode 'F') images are not supported")
+            # Decodes the whole file (PIL is lazy), so truncation is detected here.
+            return convert_PIL_to_numpy(image, image_format)
+    except FileNotFoundError as e:
+        raise ValueError(f"image file not found: '{file_name}'") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # PIL reports corrupt and truncated files as OSError (UnidentifiedImageError included).
+        raise ValueError(f"cannot read image '{file_name}': {e}") from e
 
 
 def as_bgr_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:

@@ -15,7 +15,6 @@ from grouppose.data.datasets import (
     register_coco_keypoint_datasets,
     register_keypoint_dataset,
 )
-from grouppose.data.images import read_dataset_image
 from grouppose.data.keypoint_json import load_keypoint_json
 from grouppose.data.mapper import GroupPoseDatasetMapper
 from grouppose.data.synthetic import (
@@ -33,7 +32,6 @@ __all__ = [
     "generate_synthetic_crowdpose",
     "generate_synthetic_dataset",
     "load_keypoint_json",
-    "read_dataset_image",
     "register_keypoint_dataset",
     "register_synthetic_dataset",
 ]

@@ -22,8 +22,8 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances, Keypoints
 
 from grouppose.data.augmentation import build_augmentation
-from grouppose.data.images import read_dataset_image
 from grouppose.data.keypoint_json import person_area
+from grouppose.image_io import read_image
 
 __all__ = ["GroupPoseDatasetMapper", "area_scale"]
 
@@ -117,7 +117,7 @@ class GroupPoseDatasetMapper:
             the model's input dict (see the class docstring).
         """
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_dataset_image(dataset_dict["file_name"], self.image_format)
+        image = read_image(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
