@@ -1,0 +1,127 @@
+"""Group Pose training: Detectron2's DefaultTrainer with our data, optimizer and safeguards."""
+
+import logging
+import os
+import weakref
+from typing import Dict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch import nn
+
+from grouppose.data import GroupPoseDatasetMapper
+from grouppose.engine.data_stream import TrainingBatches
+from grouppose.engine.optimizer import build_optimizer
+from grouppose.engine.train_loop import training_step_class
+from grouppose.evaluation import build_keypoint_evaluator
+
+__all__ = ["Trainer"]
+
+
+def check_training_config(cfg: CfgNode) -> None:
+    """Reject settings this trainer cannot honour, naming the key."""
+    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+        raise ValueError(
+            "DATALOADER.ASPECT_RATIO_GROUPING must be False: Group Pose batches images in the "
+            "order of a seeded stream so that --resume and multi-process training see the same "
+            "data (see grouppose.engine.data_stream)"
+        )
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        raise ValueError(
+            f"DATALOADER.SAMPLER_TRAIN '{cfg.DATALOADER.SAMPLER_TRAIN}' is not supported; "
+            "Group Pose training samples uniformly ('TrainingSampler')"
+        )
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise ValueError(
+            f"SOLVER.AMP.ENABLED needs a CUDA device, but MODEL.DEVICE is '{cfg.MODEL.DEVICE}'"
+        )
+
+
+def wrap_distributed(model: nn.Module, cfg: CfgNode) -> nn.Module:
+    """DistributedDataParallel when there are several processes (CPU processes included)."""
+    kwargs = {"device_ids": None} if next(model.parameters()).device.type == "cpu" else {}
+    # Without auxiliary losses the earlier decoder layers' class heads get no gradient.
+    return create_ddp_model(
+        model, broadcast_buffers=False,
+        find_unused_parameters=not cfg.MODEL.GROUP_POSE.AUX_LOSS, **kwargs,
+    )
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with Group Pose's mapper, keypoint evaluators, the paper's optimizer, a
+    resumable data stream, a non-finite-loss guard, checkpoints that include the optimizer (and
+    AMP grad scaler) state, and CPU multi-process training."""
+
+    def __init__(self, cfg: CfgNode):
+        # DefaultTrainer.__init__, with the guarded step and CPU-capable DDP.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        check_training_config(cfg)
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_distributed(model, cfg)
+        self._trainer = training_step_class(cfg.SOLVER.AMP.ENABLED)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Load the last checkpoint of OUTPUT_DIR (``resume``) or MODEL.WEIGHTS, then start the
+        data stream at the first iteration to run."""
+        super().resume_or_load(resume=resume)
+        self.data_loader.start_iter = self.start_iter
+
+    def state_dict(self) -> Dict:
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()  # optimizer (+ AMP grad scaler)
+        state["data_seed"] = self.data_loader.seed
+        return state
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        TrainerBase.load_state_dict(self, state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])
+        self.data_loader.seed = state_dict["data_seed"]
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> TrainingBatches:
+        """Batches of DATASETS.TRAIN (images with at least
+        MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE labeled keypoints), mapped by
+        GroupPoseDatasetMapper, in the order of a stream seeded by SEED (random when < 0)."""
+        dataset_dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE,
+        )
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return TrainingBatches(
+            dataset_dicts, GroupPoseDatasetMapper(cfg, is_train=True), cfg.SOLVER.IMS_PER_BATCH,
+            cfg.DATALOADER.NUM_WORKERS, seed,
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=GroupPoseDatasetMapper(cfg, is_train=False)
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str):
+        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_keypoint_evaluator(cfg, dataset_name, output_dir)

@@ -1,0 +1,80 @@
+"""Two CPU processes (gloo) with the same total batch compute the same losses and gradients as
+one process: the data stream splits the batch, the criterion all-reduces the number of people
+and DistributedDataParallel averages the gradients."""
+
+import subprocess
+import sys
+import textwrap
+
+import torch
+from training_utils import REPO_ROOT, subprocess_env
+
+# Run as a script: torch.multiprocessing starts the workers by importing its __main__.
+ONE_STEP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import torch
+    from detectron2.utils import comm
+
+    sys.path.insert(0, {tests_dir!r})
+    from training_utils import tiny_training_config
+
+    from grouppose.engine import Trainer, launch
+    from grouppose.engine.trainer import wrap_distributed
+
+
+    def one_step(data_root, result_file):
+        cfg = tiny_training_config(Path(data_root), Path(result_file).parent)
+        torch.manual_seed(0)
+        model = Trainer.build_model(cfg)
+        batch = next(iter(Trainer.build_train_loader(cfg)))
+        ddp_model = wrap_distributed(model, cfg)  # referenced until after backward
+        losses = ddp_model(batch)
+        sum(losses.values()).backward()
+        # what Detectron2 logs: each term averaged over the processes
+        per_process = comm.all_gather({{k: v.item() for k, v in losses.items()}})
+        people = comm.all_gather(sum(len(x["instances"]) for x in batch))
+        if comm.is_main_process():
+            torch.save({{
+                "losses": {{k: sum(p[k] for p in per_process) / len(per_process)
+                           for k in per_process[0]}},
+                "grads": {{n: p.grad for n, p in model.named_parameters()}},
+                "people": people,
+            }}, result_file)
+
+
+    if __name__ == "__main__":
+        data_root, result_file, processes = sys.argv[1:]
+        launch(one_step, int(processes), dist_url="auto", args=(data_root, result_file))
+    """
+)
+
+
+def one_step(script, data_root, result_file, processes: int):
+    subprocess.run(
+        [sys.executable, str(script), str(data_root), str(result_file), str(processes)],
+        env=subprocess_env(), cwd=REPO_ROOT, check=True, timeout=300,
+    )
+    return torch.load(result_file, weights_only=False)
+
+
+def test_two_processes_match_one_process(tmp_path):
+    script = tmp_path / "one_step.py"
+    script.write_text(ONE_STEP_SCRIPT.format(tests_dir=str(REPO_ROOT / "tests")))
+    single = one_step(script, tmp_path / "data", tmp_path / "single.pt", 1)
+    double = one_step(script, tmp_path / "data", tmp_path / "double.pt", 2)
+
+    # the processes see different numbers of people, so a per-process normaliser would differ
+    assert len(double["people"]) == 2 and double["people"][0] != double["people"][1]
+    assert single["people"] == [sum(double["people"])]
+    assert single["losses"].keys() == double["losses"].keys()
+    for name, value in single["losses"].items():
+        assert abs(value - double["losses"][name]) <= 1e-4 * max(1.0, abs(value)), name
+    assert single["grads"].keys() == double["grads"].keys()
+    for name, grad in single["grads"].items():
+        assert grad is not None, f"{name} got no gradient"
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(double["grads"][name], grad, rtol=1e-3, atol=1e-4 * scale,
+                                   msg=name)
