@@ -47,6 +47,36 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     # Inference: keep the TEST_TOPK highest-scoring persons with score > TEST_SCORE_THRESH.
     gp.TEST_TOPK = 50
     gp.TEST_SCORE_THRESH = 0.0
+    # Ablation switches (paper Table 4, Appendix A); the defaults are the paper's model. Their
+    # meanings and valid combinations: grouppose.variants.DecoderVariant.
+    gp.SELF_ATTN = "group"  # group | standard | standard_masked (Table 4d, Fig. 3)
+    gp.GROUP_ATTN = "both"  # both | within_only | across_only | none (Table 4e)
+    gp.ACROSS_INSTANCE = "both"  # both | keypoint_only | instance_only (Appendix A.2)
+    gp.SHARE_GROUP_ATTN = False  # one attention module for within and across (Appendix A.3)
+    gp.QUERIES = "instance_and_keypoint"  # | keypoint_only | instance_only (Table 4a)
+    gp.SCORE_FROM = "instance"  # | mean_keypoint: the pose score's query (Table 4b)
+    # Human detection decoder (Table 5): this many box-query layers before the DEC_LAYERS Group
+    # Pose layers (the paper: 2 + 4), trained with focal classification, box L1 and GIoU losses
+    # (weights CLS_WEIGHT / BOX_L1_WEIGHT / GIOU_WEIGHT, matching costs COST_CLASS /
+    # COST_BOX_L1 / COST_GIOU; the values of ED-Pose). 0 = none.
+    gp.DETECTION_DECODER_LAYERS = 0
+    gp.BOX_L1_WEIGHT = 5.0
+    gp.GIOU_WEIGHT = 2.0
+    gp.COST_BOX_L1 = 5.0
+    gp.COST_GIOU = 2.0
+
+    # Swin backbone (MODEL.BACKBONE.NAME "build_swin_backbone"): Swin-T defaults. Frozen parts
+    # follow MODEL.BACKBONE.FREEZE_AT (0 none, 1 patch embedding, k >= 2 also res2 .. res{k}).
+    cfg.MODEL.SWIN = CfgNode()
+    swin = cfg.MODEL.SWIN
+    swin.EMBED_DIM = 96
+    swin.DEPTHS = [2, 2, 6, 2]
+    swin.NUM_HEADS = [3, 6, 12, 24]
+    swin.WINDOW_SIZE = 7  # the pretraining's: 7 for ImageNet 224 px, 12 for 384 px
+    swin.MLP_RATIO = 4.0
+    swin.DROP_PATH_RATE = 0.2
+    swin.OUT_FEATURES = ["res3", "res4", "res5"]  # strides 8, 16, 32
+    swin.USE_CHECKPOINT = False  # activation checkpointing of every block (saves memory)
 
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]

@@ -1,12 +1,14 @@
 """Group Pose decoder: group self-attentions, deformable cross-attention and per-layer heads.
 
-Queries are laid out (B, N, K + 1, C): N persons ("groups"), each an instance query (index 0)
-followed by K keypoint queries. Reference points are laid out the same way, (B, N, K + 1, 2):
-the instance query's reference is the center (mean) of its person's K keypoints.
+Queries are laid out (B, N, G, C): N persons ("groups") of G = K + 1 queries, an instance query
+(index 0) followed by K keypoint queries. Reference points are laid out the same way,
+(B, N, G, 2): the instance query's reference is the center (mean) of its person's K keypoints.
+The ablation variants (grouppose.variants) change the self-attention and the queries of a group
+(K keypoint queries only, or the instance query only).
 """
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +17,7 @@ from grouppose.blocks import MLP, FeedForward, inverse_sigmoid, person_prior_log
 from grouppose.encoder import FlattenedLevels
 from grouppose.layers import MSDeformAttn
 from grouppose.position_encoding import point_position_encoding
+from grouppose.variants import PAPER_VARIANT, DecoderVariant
 
 
 def with_instance_centers(keypoints: Tensor) -> Tensor:
@@ -22,9 +25,37 @@ def with_instance_centers(keypoints: Tensor) -> Tensor:
     return torch.cat([keypoints.mean(dim=2, keepdim=True), keypoints], dim=2)
 
 
-def add_keypoint_position(queries: Tensor, keypoint_pos: Tensor) -> Tensor:
-    """(B, N, K + 1, C) queries + (B, N, K, C) positions on the keypoint queries only."""
-    return torch.cat([queries[:, :, :1], queries[:, :, 1:] + keypoint_pos], dim=2)
+def group_references(keypoints: Tensor, variant: DecoderVariant) -> Tensor:
+    """(B, N, K, 2) keypoints -> (B, N, G, 2) reference points of the variant's queries: the
+    person center for the instance query, the keypoints for the keypoint queries."""
+    if variant.has_instance_query and variant.has_keypoint_queries:
+        return with_instance_centers(keypoints)
+    if variant.has_keypoint_queries:
+        return keypoints
+    return keypoints.mean(dim=2, keepdim=True)
+
+
+def add_positions(queries: Tensor, positions: Tensor, positioned: slice) -> Tensor:
+    """(B, N, G, C) queries + (B, N, P, C) positions on the trailing P = G - positioned.start
+    queries (the keypoint queries; the instance query has none unless it is alone)."""
+    start = positioned.start
+    return torch.cat([queries[:, :, :start], queries[:, :, start:] + positions], dim=2)
+
+
+def group_attention_mask(num_instances: int, group_size: int, device=None) -> Tensor:
+    """The mask of Fig. 3(b) for one self-attention over N x G queries laid out person-major.
+
+    Returns:
+        (N * G, N * G) bool, True where attention is blocked: between queries of different
+        persons that are also of different types (type = position in the group).
+    """
+    person = torch.arange(num_instances, device=device).repeat_interleave(group_size)
+    query_type = torch.arange(group_size, device=device).repeat(num_instances)
+    return (person[:, None] != person[None, :]) & (query_type[:, None] != query_type[None, :])
+
+
+def _attention(dim: int, num_heads: int, dropout: float) -> nn.MultiheadAttention:
+    return nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
 
 
 class GroupPoseDecoderLayer(nn.Module):
@@ -40,65 +71,104 @@ class GroupPoseDecoderLayer(nn.Module):
     As in the official implementation the position is part of the keypoint queries' *content*:
     the layer's input already includes it (see GroupPoseDecoder), and it is added again before
     step 3, so it enters the attention values and the residuals.
+
+    Variants replace steps 1-2 (``variant.self_attn`` "standard" / "standard_masked": one
+    self-attention ``self_attn`` over all N x G queries), drop either of them, restrict step 2
+    to some query types or share one attention module between them (see grouppose.variants).
     """
 
     def __init__(
         self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
-        num_points: int,
+        num_points: int, variant: DecoderVariant = PAPER_VARIANT,
     ):
         super().__init__()
-        self.within_instance_attn = nn.MultiheadAttention(
-            dim, num_heads, dropout=dropout, batch_first=True
-        )
-        self.within_instance_norm = nn.LayerNorm(dim)
-        self.across_instance_attn = nn.MultiheadAttention(
-            dim, num_heads, dropout=dropout, batch_first=True
-        )
-        self.across_instance_norm = nn.LayerNorm(dim)
+        self.variant = variant
+        if variant.has_within_instance:
+            self.within_instance_attn = _attention(dim, num_heads, dropout)
+            self.within_instance_norm = nn.LayerNorm(dim)
+        if variant.has_across_instance:
+            if not variant.share_group_attn:
+                self.across_instance_attn = _attention(dim, num_heads, dropout)
+            self.across_instance_norm = nn.LayerNorm(dim)
+        if variant.self_attn != "group":
+            self.self_attn = _attention(dim, num_heads, dropout)
+            self.self_attn_norm = nn.LayerNorm(dim)
         self.cross_attn = MSDeformAttn(dim, num_levels, num_heads, num_points)
         self.cross_attn_norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.dropout = nn.Dropout(dropout)
 
     def _self_attention(
-        self, attn: nn.MultiheadAttention, norm: nn.LayerNorm, x: Tensor
+        self, attn: nn.MultiheadAttention, norm: nn.LayerNorm, x: Tensor,
+        mask: Optional[Tensor] = None,
     ) -> Tensor:
-        """Post-norm self-attention over dim 1 of (batch, sequence, C)."""
-        update = attn(x, x, x, need_weights=False)[0]
+        """Post-norm self-attention over dim 1 of (batch, sequence, C); ``mask`` (sequence,
+        sequence) bool, True = blocked."""
+        update = attn(x, x, x, attn_mask=mask, need_weights=False)[0]
         return norm(x + self.dropout(update))
 
     def within_instance_attention(self, queries: Tensor) -> Tensor:
-        """(B, N, K + 1, C): each person's K + 1 queries attend to each other."""
+        """(B, N, G, C): each person's G queries attend to each other."""
         B, N, G, C = queries.shape
         x = queries.reshape(B * N, G, C)
         x = self._self_attention(self.within_instance_attn, self.within_instance_norm, x)
         return x.view(B, N, G, C)
 
     def across_instance_attention(self, queries: Tensor) -> Tensor:
-        """(B, N, K + 1, C): the N queries of each type (instance, keypoint k) attend to each
-        other."""
+        """(B, N, G, C): the N queries of each type (instance, keypoint k) attend to each
+        other, for the types of ``variant.across_instance``; the other types are unchanged."""
+        types = self.variant.across_instance_slice
+        selected = queries[:, :, types]
+        B, N, T, C = selected.shape
+        attn = (self.within_instance_attn if self.variant.share_group_attn
+                else self.across_instance_attn)
+        x = selected.transpose(1, 2).reshape(B * T, N, C)
+        x = self._self_attention(attn, self.across_instance_norm, x)
+        x = x.view(B, T, N, C).transpose(1, 2)
+        if queries.shape[2] == T:
+            return x
+        return torch.cat([queries[:, :, : types.start], x, queries[:, :, types.start + T :]], 2)
+
+    def standard_attention(self, queries: Tensor) -> Tensor:
+        """(B, N, G, C): one self-attention over all N x G queries of an image, with the mask
+        of Fig. 3(b) for "standard_masked"."""
         B, N, G, C = queries.shape
-        x = queries.transpose(1, 2).reshape(B * G, N, C)
-        x = self._self_attention(self.across_instance_attn, self.across_instance_norm, x)
-        return x.view(B, G, N, C).transpose(1, 2)
+        mask = None
+        if self.variant.self_attn == "standard_masked":
+            mask = group_attention_mask(N, G, queries.device)
+        x = self._self_attention(
+            self.self_attn, self.self_attn_norm, queries.reshape(B, N * G, C), mask
+        )
+        return x.view(B, N, G, C)
+
+    def self_attention(self, queries: Tensor) -> Tensor:
+        """Steps 1-2 as the variant defines them: (B, N, G, C) -> (B, N, G, C)."""
+        if self.variant.self_attn != "group":
+            return self.standard_attention(queries)
+        if self.variant.has_within_instance:
+            queries = self.within_instance_attention(queries)
+        if self.variant.has_across_instance:
+            queries = self.across_instance_attention(queries)
+        return queries
 
     def forward(
-        self, queries: Tensor, keypoint_pos: Tensor, reference_points: Tensor,
+        self, queries: Tensor, positions: Tensor, reference_points: Tensor,
         memory: Tensor, levels: FlattenedLevels,
     ) -> Tensor:
         """
         Args:
-            queries: (B, N, K + 1, C), instance query first, keypoint positions included.
-            keypoint_pos: (B, N, K, C) positions of the keypoint queries.
-            reference_points: (B, N, K + 1, L, 2) xy per level, in the padded frame.
+            queries: (B, N, G, C), instance query first, keypoint positions included.
+            positions: (B, N, P, C) positions of the positioned queries (the K keypoint
+                queries; see DecoderVariant.positioned_slice).
+            reference_points: (B, N, G, L, 2) xy per level, in the padded frame.
             memory: (B, S, C) encoder output; levels: its geometry and padding mask.
 
         Returns:
-            (B, N, K + 1, C).
+            (B, N, G, C).
         """
         B, N, G, C = queries.shape
-        x = self.across_instance_attention(self.within_instance_attention(queries))
-        x = add_keypoint_position(x, keypoint_pos).reshape(B, N * G, C)
+        x = self.self_attention(queries)
+        x = add_positions(x, positions, self.variant.positioned_slice).reshape(B, N * G, C)
         update = self.cross_attn(
             x, reference_points.flatten(1, 2), memory, levels.spatial_shapes,
             levels.level_start_index, levels.padding_mask,
@@ -111,7 +181,7 @@ class GroupPoseDecoderLayer(nn.Module):
 class DecoderOutput:
     """Per decoder layer l (0 .. L-1) unless noted."""
 
-    # (B, N, K + 1, C) hidden states the heads of layer l read (instance query first). For
+    # (B, N, G, C) hidden states the heads of layer l read (instance query first). For
     # l < L - 1 the keypoint queries include layer l + 1's keypoint positions (see
     # GroupPoseDecoder).
     hidden: List[Tensor]
@@ -131,21 +201,32 @@ class GroupPoseDecoder(nn.Module):
     - the official adds layer l + 1's keypoint positions in place to layer l's output, after
       layer l's refinement but before layer l's heads read it: the prediction of every layer
       but the last is made from its output plus the next layer's keypoint positions.
+
+    The pose score is read from the instance query (or, for ``variant.score_from``
+    "mean_keypoint", from the mean of the keypoint queries); each keypoint query regresses its
+    keypoint (for ``variant.queries`` "instance_only", the instance query regresses all K).
     """
 
     def __init__(
         self, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float,
-        num_levels: int, num_points: int,
+        num_levels: int, num_points: int, num_keypoints: int,
+        variant: DecoderVariant = PAPER_VARIANT,
     ):
         super().__init__()
+        self.variant = variant
+        self.num_keypoints = num_keypoints
         self.layers = nn.ModuleList(
-            GroupPoseDecoderLayer(dim, num_heads, ffn_dim, dropout, num_levels, num_points)
+            GroupPoseDecoderLayer(
+                dim, num_heads, ffn_dim, dropout, num_levels, num_points, variant
+            )
             for _ in range(num_layers)
         )
         # Position of a keypoint query: MLP of the sine encoding of its reference point.
         self.keypoint_pos_head = MLP(dim, dim, dim, 2)
         self.class_heads = nn.ModuleList(nn.Linear(dim, 1) for _ in range(num_layers))
-        self.keypoint_heads = nn.ModuleList(MLP(dim, dim, 2, 3) for _ in range(num_layers))
+        # An (x, y) offset per keypoint query, or all K from a lone instance query.
+        offsets = 2 if variant.has_keypoint_queries else 2 * num_keypoints
+        self.keypoint_heads = nn.ModuleList(MLP(dim, dim, offsets, 3) for _ in range(num_layers))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -166,36 +247,54 @@ class GroupPoseDecoder(nn.Module):
             nn.init.zeros_(head.layers[-1].bias)
 
     def keypoint_positions(self, references: Tensor) -> Tensor:
-        """(B, N, K + 1, L, 2) per-level reference points -> (B, N, K, C) keypoint positions,
-        from the level-0 points."""
+        """(B, N, G, L, 2) per-level reference points -> (B, N, P, C) positions of the
+        positioned queries (the K keypoint queries), from the level-0 points."""
         dim = self.keypoint_pos_head.layers[0].in_features
-        return self.keypoint_pos_head(point_position_encoding(references[:, :, 1:, 0], dim // 2))
+        points = references[:, :, self.variant.positioned_slice, 0]
+        return self.keypoint_pos_head(point_position_encoding(points, dim // 2))
+
+    def keypoint_offsets(self, layer_index: int, hidden: Tensor) -> Tensor:
+        """(B, N, G, C) hidden states -> (B, N, K, 2) layer ``layer_index``'s keypoint offsets
+        (inverse-sigmoid space)."""
+        head = self.keypoint_heads[layer_index]
+        if self.variant.has_keypoint_queries:
+            return head(hidden[:, :, self.variant.keypoint_slice])
+        B, N = hidden.shape[:2]
+        return head(hidden[:, :, 0]).view(B, N, self.num_keypoints, 2)
+
+    def score_features(self, hidden: Tensor) -> Tensor:
+        """(B, N, G, C) -> (B, N, C): what the class head reads."""
+        if self.variant.score_from == "instance":
+            return hidden[:, :, 0]
+        return hidden[:, :, self.variant.keypoint_slice].mean(dim=2)
 
     def forward(
         self, queries: Tensor, keypoints: Tensor, memory: Tensor, levels: FlattenedLevels
     ) -> DecoderOutput:
         """
         Args:
-            queries: (B, N, K + 1, C) initial query content, instance query first.
-            keypoints: (B, N, K, 2) initial reference keypoints in [0, 1] (treated as constants).
+            queries: (B, N, G, C) initial query content, instance query first.
+            keypoints: (B, N, K, 2) initial reference keypoints in [0, 1]. The layers use them
+                as constants; layer 0's prediction refines them *with* their gradient, so pass
+                them detached unless what produced them should learn from layer 0's losses.
             memory: (B, S, C) encoder output; levels: its geometry and padding mask.
         """
+        # The reference keypoints of the layer whose prediction is pending (with gradient).
+        layer_references = keypoints
         keypoints = keypoints.detach()
         output = DecoderOutput([], [with_instance_centers(keypoints)], [], [])
         hidden = queries
-        # The reference keypoints of the layer whose prediction is pending (with gradient).
-        layer_references = keypoints
         for layer_index, layer in enumerate(self.layers):
-            # (B, N, K + 1, L, 2): references are relative to the unpadded image.
-            references = with_instance_centers(keypoints.detach())[:, :, :, None]
+            # (B, N, G, L, 2): references are relative to the unpadded image.
+            references = group_references(keypoints.detach(), self.variant)[:, :, :, None]
             references = references * levels.valid_ratios[:, None, None]
-            keypoint_pos = self.keypoint_positions(references)
-            hidden = add_keypoint_position(hidden, keypoint_pos)
+            positions = self.keypoint_positions(references)
+            hidden = add_positions(hidden, positions, self.variant.positioned_slice)
             if layer_index > 0:
                 self._predict(output, layer_index - 1, hidden, layer_references)
-            layer_references = keypoints
-            hidden = layer(hidden, keypoint_pos, references, memory, levels)
-            offsets = self.keypoint_heads[layer_index](hidden[:, :, 1:])
+                layer_references = keypoints
+            hidden = layer(hidden, positions, references, memory, levels)
+            offsets = self.keypoint_offsets(layer_index, hidden)
             keypoints = (inverse_sigmoid(keypoints.detach()) + offsets).sigmoid()
             output.reference_points.append(with_instance_centers(keypoints))
         self._predict(output, len(self.layers) - 1, hidden, layer_references)
@@ -204,9 +303,9 @@ class GroupPoseDecoder(nn.Module):
     def _predict(
         self, output: DecoderOutput, layer_index: int, hidden: Tensor, references: Tensor
     ) -> None:
-        """Append layer ``layer_index``'s heads' predictions from ``hidden`` (B, N, K + 1, C) and
+        """Append layer ``layer_index``'s heads' predictions from ``hidden`` (B, N, G, C) and
         its (B, N, K, 2) reference keypoints (with their gradient) to ``output``."""
-        offsets = self.keypoint_heads[layer_index](hidden[:, :, 1:])
+        offsets = self.keypoint_offsets(layer_index, hidden)
         output.hidden.append(hidden)
-        output.logits.append(self.class_heads[layer_index](hidden[:, :, 0]).squeeze(-1))
+        output.logits.append(self.class_heads[layer_index](self.score_features(hidden)).squeeze(-1))
         output.keypoints.append((inverse_sigmoid(references) + offsets).sigmoid())

@@ -1,7 +1,7 @@
 """Group Pose (ICCV 2023) as a Detectron2 meta-architecture: images -> losses | Instances."""
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +14,14 @@ from grouppose.backbone import InputProjection, use_affine_frozen_batch_norm
 from grouppose.config import resolve_oks_sigmas
 from grouppose.criterion import INTERM_SUFFIX, SetCriterion, build_targets
 from grouppose.decoder import DecoderOutput, GroupPoseDecoder
+from grouppose.detection_criterion import DetectionCriterion, person_boxes
+from grouppose.detection_decoder import DetectionOutput, HumanDetectionDecoder, proposal_boxes
 from grouppose.encoder import DeformableEncoder, FlattenedLevels, flatten_levels
 from grouppose.matcher import HungarianMatcher
 from grouppose.position_encoding import feature_map_position_encoding
 from grouppose.postprocess import PIXEL_CENTER_OFFSET, poses_to_instances
 from grouppose.query_selection import InstanceKeypointQueries, QuerySelection, SelectedPoses
+from grouppose.variants import DecoderVariant
 
 __all__ = ["GroupPose", "NetworkOutput"]
 
@@ -32,6 +35,7 @@ class NetworkOutput:
     memory: Tensor  # (B, S, C) encoder output
     selection: SelectedPoses  # two-stage (encoder) prediction at the N selected positions
     decoder: DecoderOutput  # per decoder layer hidden states, references and predictions
+    detection: Optional[DetectionOutput] = None  # the human detection decoder's, if any
 
     def predictions(self, with_aux: bool = True) -> Dict:
         """The criterion's input: ``pred_logits`` (B, N), ``pred_keypoints`` (B, N, K, 2) of
@@ -91,6 +95,8 @@ class GroupPose(nn.Module):
         aux_loss: bool = True,
         test_topk: int = 50,
         test_score_thresh: float = 0.0,
+        detection_decoder: Optional[HumanDetectionDecoder] = None,
+        detection_criterion: Optional[DetectionCriterion] = None,
     ):
         """
         Args:
@@ -98,6 +104,8 @@ class GroupPose(nn.Module):
             in_features: backbone outputs used, finest first.
             input_proj, encoder, query_selection, queries, decoder: the model's parts.
             criterion: matching + losses; its ``weight_dict`` weights the returned losses.
+            detection_decoder, detection_criterion: the human detection decoder variant (paper
+                Table 5) and its losses (both or neither): it initialises the decoder's persons.
             pixel_mean, pixel_std: input normalisation (0..255 units, Detectron2's PIXEL_MEAN /
                 PIXEL_STD), in the input format's channel order.
             pos_temperature: temperature of the feature maps' sine position encoding.
@@ -106,6 +114,8 @@ class GroupPose(nn.Module):
                 above test_score_thresh.
         """
         super().__init__()
+        if (detection_decoder is None) != (detection_criterion is None):
+            raise ValueError("detection_decoder and detection_criterion go together")
         self.backbone = backbone
         self.in_features = list(in_features)
         self.input_proj = input_proj
@@ -118,6 +128,8 @@ class GroupPose(nn.Module):
         self.aux_loss = aux_loss
         self.test_topk = test_topk
         self.test_score_thresh = test_score_thresh
+        self.detection_decoder = detection_decoder
+        self.detection_criterion = detection_criterion
         # Mean / std of images scaled to [0, 1], divided in float64 so that they round to the
         # official float32 constants (0.485, ..., 0.229, ...); see preprocess_image.
         for name, values in (("image_mean", pixel_mean), ("image_std", pixel_std)):
@@ -136,6 +148,11 @@ class GroupPose(nn.Module):
                 f"MODEL.GROUP_POSE.IN_FEATURES {missing} are not backbone outputs "
                 f"({sorted(shapes)})"
             )
+        variant = DecoderVariant.from_config(gp)
+        detection_layers = gp.DETECTION_DECODER_LAYERS
+        if not isinstance(detection_layers, int) or detection_layers < 0:
+            raise ValueError(f"MODEL.GROUP_POSE.DETECTION_DECODER_LAYERS must be an integer >= 0, "
+                             f"got {detection_layers!r}")
         dim, levels = gp.HIDDEN_DIM, gp.NUM_FEATURE_LEVELS
         layer_args = {
             "dim": dim, "num_heads": gp.NHEADS, "ffn_dim": gp.DIM_FEEDFORWARD,
@@ -157,6 +174,20 @@ class GroupPose(nn.Module):
         for name in criterion.weight_dict:
             if name.endswith(INTERM_SUFFIX):
                 criterion.weight_dict[name] *= gp.INTERM_LOSS_WEIGHT
+        detection = {}
+        if detection_layers > 0:
+            detection = {
+                "detection_decoder": HumanDetectionDecoder(
+                    detection_layers, num_points=gp.DEC_N_POINTS,
+                    num_keypoints=gp.NUM_KEYPOINTS, **layer_args,
+                ),
+                "detection_criterion": DetectionCriterion(
+                    detection_layers, cost_class=gp.COST_CLASS, cost_box_l1=gp.COST_BOX_L1,
+                    cost_giou=gp.COST_GIOU, focal_alpha=gp.FOCAL_ALPHA,
+                    cls_weight=gp.CLS_WEIGHT, box_l1_weight=gp.BOX_L1_WEIGHT,
+                    giou_weight=gp.GIOU_WEIGHT,
+                ),
+            }
         return {
             "backbone": backbone,
             "in_features": gp.IN_FEATURES,
@@ -167,8 +198,13 @@ class GroupPose(nn.Module):
                 gp.ENC_LAYERS, num_points=gp.ENC_N_POINTS, **layer_args
             ),
             "query_selection": QuerySelection(dim, gp.NUM_KEYPOINTS, gp.NUM_INSTANCES),
-            "queries": InstanceKeypointQueries(dim, gp.NUM_KEYPOINTS),
-            "decoder": GroupPoseDecoder(gp.DEC_LAYERS, num_points=gp.DEC_N_POINTS, **layer_args),
+            "queries": InstanceKeypointQueries(
+                dim, gp.NUM_KEYPOINTS, variant, instance_from_person=detection_layers > 0
+            ),
+            "decoder": GroupPoseDecoder(
+                gp.DEC_LAYERS, num_points=gp.DEC_N_POINTS, num_keypoints=gp.NUM_KEYPOINTS,
+                variant=variant, **layer_args,
+            ),
             "criterion": criterion,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -176,6 +212,7 @@ class GroupPose(nn.Module):
             "aux_loss": gp.AUX_LOSS,
             "test_topk": gp.TEST_TOPK,
             "test_score_thresh": gp.TEST_SCORE_THRESH,
+            **detection,
         }
 
     @property
@@ -184,7 +221,7 @@ class GroupPose(nn.Module):
 
     @property
     def num_keypoints(self) -> int:
-        return self.queries.keypoint_embedding.num_embeddings
+        return self.query_selection.num_keypoints
 
     def forward(self, batched_inputs: List[Dict]):
         """
@@ -207,7 +244,17 @@ class GroupPose(nn.Module):
                 for x, image_size in zip(batched_inputs, images.image_sizes)
             ]
             losses = self.criterion(network.predictions(with_aux=self.aux_loss), targets)
-            return {name: loss * self.criterion.weight_dict[name] for name, loss in losses.items()}
+            weighted = {
+                name: loss * self.criterion.weight_dict[name] for name, loss in losses.items()
+            }
+            if self.detection_criterion is not None:
+                detection = network.detection
+                losses = self.detection_criterion(detection.logits, detection.boxes, targets)
+                weighted.update({
+                    name: loss * self.detection_criterion.weight_dict[name]
+                    for name, loss in losses.items()
+                })
+            return weighted
         return [
             {"instances": self._instances(logits, keypoints, x, image_size)}
             for logits, keypoints, x, image_size in zip(
@@ -245,13 +292,22 @@ class GroupPose(nn.Module):
         selection = self.query_selection(
             memory, flattened.padding_mask, flattened.level_shapes
         )
-        decoded = self.decoder(
-            self.queries(selection.embedding), selection.keypoints, memory, flattened
-        )
-        return NetworkOutput(levels, flattened, memory, selection, decoded)
+        detection = None
+        if self.detection_decoder is None:
+            # The two-stage poses start the decoder, which does not train the selection.
+            person_features, keypoints = selection.embedding, selection.keypoints.detach()
+        else:
+            boxes = proposal_boxes(
+                selection.indices, flattened.padding_mask, flattened.level_shapes
+            )
+            detection = self.detection_decoder(selection.embedding, boxes, memory, flattened)
+            person_features, keypoints = detection.hidden, detection.keypoints
+        decoded = self.decoder(self.queries(person_features), keypoints, memory, flattened)
+        return NetworkOutput(levels, flattened, memory, selection, decoded, detection)
 
     def _targets(self, instances: Instances, image_size: Tuple[int, int]) -> Dict[str, Tensor]:
-        """One image's people in the criterion's normalised format (see build_targets)."""
+        """One image's people in the criterion's normalised format (see build_targets), with
+        their ``boxes`` (see person_boxes) for the human detection decoder variant."""
         if not instances.has("gt_keypoints"):
             # Detectron2 adds no keypoint fields to the Instances of an image without people.
             if instances.get_fields() and len(instances) > 0:
@@ -264,7 +320,11 @@ class GroupPose(nn.Module):
             keypoints = instances.gt_keypoints.tensor.to(self.device).clone()
             keypoints[..., :2] -= PIXEL_CENTER_OFFSET  # Detectron2's frame -> the network's
             area = instances.gt_area.to(self.device)
-        return build_targets(keypoints, area, image_size)
+        targets = build_targets(keypoints, area, image_size)
+        if self.detection_decoder is not None:
+            boxes = instances.gt_boxes.tensor.to(self.device) if instances.has("gt_boxes") else None
+            targets["boxes"] = person_boxes(keypoints, image_size, boxes)
+        return targets
 
     def _instances(
         self, logits: Tensor, keypoints: Tensor, batched_input: Dict, image_size: Tuple[int, int]

@@ -13,12 +13,13 @@ import torch
 from torch import Tensor, nn
 
 from grouppose.blocks import MLP, person_prior_logit
+from grouppose.variants import PAPER_VARIANT, DecoderVariant
 
 # A proposal (center x, y and size w, h, all normalised) must lie strictly inside this open
 # interval to be used; the others are rejected (see encoder_proposals).
 _PROPOSAL_RANGE = (0.01, 0.99)
-# Size of the box proposed at level l: _PROPOSAL_BASE_SIZE * 2 ** l.
-_PROPOSAL_BASE_SIZE = 0.05
+# Size of the box proposed at level l: PROPOSAL_BASE_SIZE * 2 ** l.
+PROPOSAL_BASE_SIZE = 0.05
 
 
 @dataclass
@@ -62,7 +63,7 @@ def encoder_proposals(
         grid = torch.stack([grid_x, grid_y], dim=-1)  # (H, W, 2)
         scale = torch.stack([valid_w, valid_h], dim=-1).view(B, 1, 1, 2)
         center = ((grid[None] + 0.5) / scale).view(B, -1, 2)
-        size = _PROPOSAL_BASE_SIZE * 2.0**level
+        size = PROPOSAL_BASE_SIZE * 2.0**level
         size_valid = low < size < high
         inside = ((center > low) & (center < high)).all(-1)
         centers.append(center)
@@ -137,24 +138,37 @@ class InstanceKeypointQueries(nn.Module):
     """Content of the N x (K + 1) decoder queries: per person one instance query and K keypoint
     queries.
 
-    Keypoint query k of a person = learnable keypoint embedding k + that person's selected
-    memory feature; instance query = one learnable instance embedding, shared by all persons.
-    The selected features come in detached: the decoder does not train the query selection.
+    Keypoint query k of a person = learnable keypoint embedding k + that person's feature (its
+    selected memory feature); instance query = one learnable instance embedding, shared by all
+    persons. The person features come in detached: the decoder does not train what made them.
+
+    Variants (grouppose.variants): only the keypoint queries or only the instance query. The
+    instance query also gets the person feature when ``instance_from_person`` (the human
+    detection decoder's persons) or when it is the only query (it then regresses the pose).
     """
 
-    def __init__(self, dim: int, num_keypoints: int):
+    def __init__(
+        self, dim: int, num_keypoints: int, variant: DecoderVariant = PAPER_VARIANT,
+        instance_from_person: bool = False,
+    ):
         super().__init__()
-        self.instance_embedding = nn.Embedding(1, dim)
-        self.keypoint_embedding = nn.Embedding(num_keypoints, dim)
-        nn.init.xavier_uniform_(self.instance_embedding.weight)
-        nn.init.xavier_uniform_(self.keypoint_embedding.weight)
+        self.variant = variant
+        self.instance_from_person = instance_from_person or not variant.has_keypoint_queries
+        if variant.has_instance_query:
+            self.instance_embedding = nn.Embedding(1, dim)
+            nn.init.xavier_uniform_(self.instance_embedding.weight)
+        if variant.has_keypoint_queries:
+            self.keypoint_embedding = nn.Embedding(num_keypoints, dim)
+            nn.init.xavier_uniform_(self.keypoint_embedding.weight)
 
-    def forward(self, selected_embedding: Tensor) -> Tensor:
-        """(B, N, C) selected memory features -> (B, N, K + 1, C) queries, instance query first.
-        """
-        B, N, C = selected_embedding.shape
-        keypoint_queries = self.keypoint_embedding.weight[None, None] + (
-            selected_embedding.detach()[:, :, None]
-        )
-        instance_query = self.instance_embedding.weight[None, None].expand(B, N, 1, C)
-        return torch.cat([instance_query, keypoint_queries], dim=2)
+    def forward(self, person_features: Tensor) -> Tensor:
+        """(B, N, C) person features -> (B, N, G, C) queries, instance query first."""
+        B, N, C = person_features.shape
+        person = person_features.detach()[:, :, None]
+        queries = []
+        if self.variant.has_instance_query:
+            instance_query = self.instance_embedding.weight[None, None].expand(B, N, 1, C)
+            queries.append(instance_query + person if self.instance_from_person else instance_query)
+        if self.variant.has_keypoint_queries:
+            queries.append(self.keypoint_embedding.weight[None, None] + person)
+        return torch.cat(queries, dim=2)

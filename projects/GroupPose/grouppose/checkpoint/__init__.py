@@ -11,13 +11,16 @@ from .official import (
     infer_architecture,
     load_official_state_dict,
 )
+from .swin import SwinArchitecture, convert_imagenet_swin
 
 __all__ = [
     "BACKBONE_MAPPINGS",
     "BackboneMapping",
     "ConversionReport",
     "OfficialArchitecture",
+    "SwinArchitecture",
     "check_architecture",
+    "convert_imagenet_swin",
     "convert_official_checkpoint",
     "detectron2_checkpoint",
     "infer_architecture",

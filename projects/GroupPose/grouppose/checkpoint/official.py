@@ -8,6 +8,8 @@ The official model differs from ours only in names, plus two details handled her
 
 Backbone names depend on the backbone. Each supported backbone is a ``BackboneMapping``
 (detected from the checkpoint's keys) in ``BACKBONE_MAPPINGS``; add new backbones there.
+Supported: torchvision ResNets (``backbone.0.body.*``) and Swin Transformers
+(``backbone.0.*``, the reference Swin names, which ours are; see grouppose.backbone.swin).
 """
 
 import argparse
@@ -19,7 +21,18 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
-_OFFICIAL_BACKBONE_PREFIX = "backbone.0.body."
+from grouppose.variants import DecoderVariant
+
+from .keys import count_layers
+from .swin import (
+    RELATIVE_POSITION_INDEX_REASON,
+    SwinArchitecture,
+    check_relative_position_index,
+    is_relative_position_index,
+    rename_swin_key,
+)
+
+_OFFICIAL_BACKBONE_PREFIX = "backbone.0."
 # Official class heads: row 0 = background logit, row 1 = person logit.
 _PERSON_ROW = 1
 _CLASS_HEAD_KEY = re.compile(
@@ -64,39 +77,57 @@ _RENAMES: List[Tuple[re.Pattern, str]] = [
 ]
 
 
+BackboneStateDict = Mapping[str, Tensor]
+
+
 @dataclass(frozen=True)
 class BackboneMapping:
     """How one backbone family's official keys map to our ``backbone.*`` keys.
 
-    All callables take official backbone keys with the ``backbone.0.body.`` prefix stripped.
+    All callables take the official backbone state dict (or its keys) with the ``backbone.0.``
+    prefix stripped.
     """
 
     name: str
-    detect: Callable[[List[str]], bool]  # keys -> whether they are this backbone's
+    detect: Callable[[BackboneStateDict], bool]  # whether the keys are this backbone's
     rename: Callable[[str], Optional[str]]  # key -> our key, None = drop
-    describe: Callable[[List[str]], str]  # keys -> the variant, e.g. "ResNet-50"
-    # (keys, cfg) -> descriptions of the config keys that disagree with the checkpoint
-    config_mismatches: Callable[[List[str], object], List[str]]
+    dropped: str  # why ``rename`` drops the keys it drops
+    describe: Callable[[BackboneStateDict], str]  # the variant, e.g. "ResNet-50"
+    # (state dict, cfg) -> descriptions of the config keys that disagree with the checkpoint
+    config_mismatches: Callable[[BackboneStateDict, object], List[str]]
+    # raises ValueError if the values of the keys ``rename`` drops are not what we derive
+    check_dropped: Callable[[BackboneStateDict], None] = lambda state_dict: None
 
 
-# torchvision ResNet: layer{i}.{b}.conv{z} / bn{z} / downsample.{0,1}.
+def _backbone_name_mismatch(cfg, expected: str, family: str) -> List[str]:
+    name = cfg.MODEL.BACKBONE.NAME
+    if name == expected:
+        return []
+    return [f"MODEL.BACKBONE.NAME={name} but the checkpoint's backbone is {family} ({expected})"]
+
+
+# torchvision ResNet (under body.): layer{i}.{b}.conv{z} / bn{z} / downsample.{0,1}.
 _RESNET_BLOCK_KEY = re.compile(
     r"^layer(\d)\.(\d+)\."
     r"(?:conv(\d)\.weight|bn(\d)\.(\w+)|downsample\.0\.weight|downsample\.1\.(\w+))$"
 )
+_RESNET_PREFIX = "body."
 
 
 def _rename_resnet(key: str) -> Optional[str]:
     """torchvision ResNet name -> Detectron2 ResNet name; None for BatchNorm step counters."""
     if key.endswith(".num_batches_tracked"):
         return None
+    if not key.startswith(_RESNET_PREFIX):
+        raise ValueError(f"official checkpoint: unrecognised ResNet key 'backbone.0.{key}'")
+    key = key[len(_RESNET_PREFIX):]
     if key == "conv1.weight":
         return "backbone.stem.conv1.weight"
     if key.startswith("bn1."):
         return "backbone.stem.conv1.norm." + key[len("bn1."):]
     match = _RESNET_BLOCK_KEY.match(key)
     if match is None:
-        raise ValueError(f"official checkpoint: unrecognised ResNet key '{key}'")
+        raise ValueError(f"official checkpoint: unrecognised ResNet key 'backbone.0.body.{key}'")
     layer, block, conv, bn, bn_param, shortcut_bn_param = match.groups()
     prefix = f"backbone.res{int(layer) + 1}.{block}."
     if conv is not None:
@@ -118,27 +149,49 @@ _RESNET_DEPTHS = {
 }
 
 
-def _resnet_depth(keys: List[str]) -> Optional[int]:
-    blocks = tuple(_count_layers(keys, f"layer{stage}.") for stage in range(1, 5))
-    bottleneck = any(k.startswith("layer1.0.conv3.") for k in keys)
+def _resnet_depth(keys: BackboneStateDict) -> Optional[int]:
+    blocks = tuple(count_layers(keys, f"body.layer{stage}.") for stage in range(1, 5))
+    bottleneck = any(k.startswith("body.layer1.0.conv3.") for k in keys)
     return _RESNET_DEPTHS.get((blocks, bottleneck))
 
 
-def _resnet_config_mismatches(keys: List[str], cfg) -> List[str]:
+def _resnet_config_mismatches(keys: BackboneStateDict, cfg) -> List[str]:
+    mismatches = _backbone_name_mismatch(cfg, "build_resnet_backbone", "a ResNet")
     depth = _resnet_depth(keys)
-    if depth == cfg.MODEL.RESNETS.DEPTH:
-        return []
-    return [f"MODEL.RESNETS.DEPTH={cfg.MODEL.RESNETS.DEPTH} but the checkpoint's ResNet has "
-            f"depth {depth or 'unknown'}"]
+    if depth != cfg.MODEL.RESNETS.DEPTH:
+        mismatches.append(f"MODEL.RESNETS.DEPTH={cfg.MODEL.RESNETS.DEPTH} but the checkpoint's "
+                          f"ResNet has depth {depth or 'unknown'}")
+    return mismatches
+
+
+def _swin_config_mismatches(state_dict: BackboneStateDict, cfg) -> List[str]:
+    return (_backbone_name_mismatch(cfg, "build_swin_backbone", "a Swin Transformer")
+            + SwinArchitecture.read(state_dict).config_mismatches(cfg))
+
+
+def _rename_swin(key: str) -> Optional[str]:
+    if is_relative_position_index(key):
+        return None
+    return rename_swin_key(key, f"official checkpoint: 'backbone.0.{key}'")
 
 
 BACKBONE_MAPPINGS: List[BackboneMapping] = [
     BackboneMapping(
         name="resnet",
-        detect=lambda keys: any(k.startswith("layer1.") for k in keys),
+        detect=lambda keys: any(k.startswith("body.layer1.") for k in keys),
         rename=_rename_resnet,
+        dropped="BatchNorm num_batches_tracked counters",
         describe=lambda keys: f"ResNet-{_resnet_depth(keys) or '?'}",
         config_mismatches=_resnet_config_mismatches,
+    ),
+    BackboneMapping(
+        name="swin",
+        detect=lambda keys: "patch_embed.proj.weight" in keys,
+        rename=_rename_swin,
+        dropped=RELATIVE_POSITION_INDEX_REASON,
+        describe=lambda state_dict: SwinArchitecture.read(state_dict).describe(),
+        config_mismatches=_swin_config_mismatches,
+        check_dropped=check_relative_position_index,
     ),
 ]
 
@@ -157,12 +210,6 @@ class OfficialArchitecture:
         return ", ".join(f"{f.name.upper()}={getattr(self, f.name)}" for f in fields(self))
 
 
-def _count_layers(keys: List[str], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    indices = {int(m.group(1)) for m in map(pattern.match, keys) if m}
-    return max(indices) + 1 if indices else 0
-
-
 def _require(state_dict: Mapping[str, Tensor], key: str) -> Tensor:
     if key not in state_dict:
         raise ValueError(f"official checkpoint: missing '{key}'; is this a Group Pose checkpoint?")
@@ -176,20 +223,28 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> OfficialArchitecture
     return OfficialArchitecture(
         num_keypoints=_require(state_dict, "transformer.keypoint_embedding.weight").shape[0],
         hidden_dim=level_embed.shape[1],
-        enc_layers=_count_layers(keys, "transformer.encoder.layers."),
-        dec_layers=_count_layers(keys, "transformer.decoder.layers."),
+        enc_layers=count_layers(keys, "transformer.encoder.layers."),
+        dec_layers=count_layers(keys, "transformer.decoder.layers."),
         num_feature_levels=level_embed.shape[0],
     )
 
 
 def architecture_mismatches(architecture: OfficialArchitecture, cfg) -> List[str]:
-    """Descriptions of the MODEL.GROUP_POSE keys that disagree with the checkpoint."""
-    return [
-        f"MODEL.GROUP_POSE.{f.name.upper()}={cfg.MODEL.GROUP_POSE[f.name.upper()]} but the "
+    """Descriptions of the MODEL.GROUP_POSE keys that disagree with the checkpoint (official
+    checkpoints are of the paper's model: no ablation variant, no detection decoder)."""
+    gp = cfg.MODEL.GROUP_POSE
+    mismatches = [
+        f"MODEL.GROUP_POSE.{f.name.upper()}={gp[f.name.upper()]} but the "
         f"checkpoint has {getattr(architecture, f.name)}"
         for f in fields(architecture)
-        if cfg.MODEL.GROUP_POSE[f.name.upper()] != getattr(architecture, f.name)
+        if gp[f.name.upper()] != getattr(architecture, f.name)
     ]
+    variant = DecoderVariant.from_config(gp).non_default()
+    if gp.DETECTION_DECODER_LAYERS:
+        variant.append(f"MODEL.GROUP_POSE.DETECTION_DECODER_LAYERS={gp.DETECTION_DECODER_LAYERS}")
+    mismatches += [f"{setting} but official checkpoints are of the paper's model"
+                   for setting in variant]
+    return mismatches
 
 
 def _refuse_mismatches(mismatches: List[str]) -> None:
@@ -204,14 +259,14 @@ def check_architecture(architecture: OfficialArchitecture, cfg) -> None:
     _refuse_mismatches(architecture_mismatches(architecture, cfg))
 
 
-def _backbone_mapping(backbone_keys: List[str]) -> BackboneMapping:
+def _backbone_mapping(backbone: BackboneStateDict) -> BackboneMapping:
     for mapping in BACKBONE_MAPPINGS:
-        if mapping.detect(backbone_keys):
+        if mapping.detect(backbone):
             return mapping
     supported = ", ".join(m.name for m in BACKBONE_MAPPINGS)
     raise ValueError(
         f"official checkpoint: backbone not recognised (supported: {supported}); "
-        f"first keys: {backbone_keys[:3]}"
+        f"first keys: {list(backbone)[:3]}"
     )
 
 
@@ -279,13 +334,14 @@ def convert_official_checkpoint(
     """
     architecture = infer_architecture(state_dict)
     prefix = _OFFICIAL_BACKBONE_PREFIX
-    backbone_keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
-    backbone = _backbone_mapping(backbone_keys)
+    backbone_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    backbone = _backbone_mapping(backbone_state)
     if cfg is not None:
         _refuse_mismatches(
             architecture_mismatches(architecture, cfg)
-            + backbone.config_mismatches(backbone_keys, cfg)
+            + backbone.config_mismatches(backbone_state, cfg)
         )
+    backbone.check_dropped(backbone_state)
     num_backbone_levels = _num_backbone_levels(state_dict)
 
     converted: Dict[str, Tensor] = {}
@@ -306,7 +362,7 @@ def convert_official_checkpoint(
         if key.startswith(_OFFICIAL_BACKBONE_PREFIX):
             new_key = backbone.rename(key[len(_OFFICIAL_BACKBONE_PREFIX):])
             if new_key is None:
-                dropped.setdefault("BatchNorm num_batches_tracked counters", []).append(key)
+                dropped.setdefault(backbone.dropped, []).append(key)
                 continue
         elif key.startswith("input_proj."):
             new_key = _rename_input_proj(key, num_backbone_levels)
@@ -325,7 +381,7 @@ def convert_official_checkpoint(
     for alias in dropped.get(_ALIAS_REASON, []):
         key_map[alias] = key_map[_DECODER_HEAD_ALIAS.match(alias).group(1)]
     report = ConversionReport(
-        architecture, backbone.describe(backbone_keys), len(converted), dropped, person_rows,
+        architecture, backbone.describe(backbone_state), len(converted), dropped, person_rows,
         key_map,
     )
     return converted, report

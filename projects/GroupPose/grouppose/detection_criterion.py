@@ -1,0 +1,151 @@
+"""Losses of the human detection decoder (paper Table 5): focal person classification, box L1 and
+GIoU, after a Hungarian matching of box queries to people, for every detection layer.
+
+Loss names (unweighted): ``loss_det_cls_{l}``, ``loss_det_bbox_{l}``, ``loss_det_giou_{l}`` for
+detection layer l. Target boxes are the annotated person boxes, or, for people without one, the
+extent of their labeled keypoints.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+from torchvision.ops import (
+    box_convert,
+    generalized_box_iou,
+    generalized_box_iou_loss,
+    sigmoid_focal_loss,
+)
+
+from grouppose.criterion import num_people_across_workers
+from grouppose.matcher import focal_class_cost
+
+_FOCAL_GAMMA = 2.0
+DETECTION_LOSS_NAMES = ("loss_det_cls", "loss_det_bbox", "loss_det_giou")
+
+
+def person_boxes(
+    keypoints: Tensor, image_size: Tuple[int, int], boxes_xyxy: Optional[Tensor] = None
+) -> Tensor:
+    """One image's target boxes.
+
+    Args:
+        keypoints: (n, K, 3) x, y pixels and v (0 = unlabeled) of the unpadded image.
+        image_size: (H, W) of the unpadded image.
+        boxes_xyxy: (n, 4) annotated boxes in pixels, or None to use the extent of each
+            person's labeled keypoints (a person without any gets an empty box at 0).
+
+    Returns:
+        (n, 4) (cx, cy, w, h) / (W, H), clipped to the image.
+    """
+    height, width = image_size
+    if boxes_xyxy is None:
+        visible = keypoints[..., 2:] > 0
+        xy = keypoints[..., :2]
+        top_left = torch.where(visible, xy, xy.new_tensor(float("inf"))).amin(dim=1)
+        bottom_right = torch.where(visible, xy, xy.new_tensor(float("-inf"))).amax(dim=1)
+        boxes_xyxy = torch.cat([top_left, bottom_right], dim=-1)
+        boxes_xyxy = torch.where(visible.any(dim=1), boxes_xyxy, boxes_xyxy.new_zeros(()))
+    scale = boxes_xyxy.new_tensor([width, height, width, height])
+    boxes = (boxes_xyxy.float() / scale).clamp(0, 1)
+    return box_convert(boxes, "xyxy", "cxcywh")
+
+
+class DetectionCriterion(nn.Module):
+    """Matching and losses of every detection layer's (logits, boxes)."""
+
+    def __init__(
+        self, num_layers: int, cost_class: float = 2.0, cost_box_l1: float = 5.0,
+        cost_giou: float = 2.0, focal_alpha: float = 0.25, cls_weight: float = 2.0,
+        box_l1_weight: float = 5.0, giou_weight: float = 2.0,
+    ):
+        """
+        Args:
+            num_layers: detection layers (one matching and one set of losses each).
+            cost_class, cost_box_l1, cost_giou: matching cost weights (focal class cost, L1
+                between (cx, cy, w, h) boxes, -GIoU).
+            focal_alpha: alpha of the focal loss and cost.
+            cls_weight, box_l1_weight, giou_weight: loss weights, in ``self.weight_dict``.
+        """
+        super().__init__()
+        self.cost_class, self.cost_box_l1, self.cost_giou = cost_class, cost_box_l1, cost_giou
+        self.focal_alpha = focal_alpha
+        weights = dict(zip(DETECTION_LOSS_NAMES, (cls_weight, box_l1_weight, giou_weight)))
+        self.weight_dict = {
+            f"{name}_{layer}": weight
+            for layer in range(num_layers) for name, weight in weights.items()
+        }
+
+    @torch.no_grad()
+    def match(
+        self, logits: Tensor, boxes: Tensor, targets: List[Dict[str, Tensor]]
+    ) -> List[Tuple[Tensor, Tensor]]:
+        """(B, N) logits, (B, N, 4) boxes, targets with ``boxes`` (n, 4) -> per image (query
+        indices, target indices), int64 on the CPU, ordered by query index."""
+        matches = []
+        for image_logits, image_boxes, target in zip(logits, boxes, targets):
+            target_boxes = target["boxes"]
+            if target_boxes.shape[0] == 0:
+                empty = torch.zeros(0, dtype=torch.int64)
+                matches.append((empty, empty.clone()))
+                continue
+            giou = generalized_box_iou(
+                box_convert(image_boxes, "cxcywh", "xyxy"),
+                box_convert(target_boxes, "cxcywh", "xyxy"),
+            )
+            cost = (self.cost_class * focal_class_cost(image_logits, self.focal_alpha)[:, None]
+                    + self.cost_box_l1 * torch.cdist(image_boxes, target_boxes, p=1)
+                    - self.cost_giou * giou)
+            rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
+            matches.append((torch.as_tensor(rows, dtype=torch.int64),
+                            torch.as_tensor(cols, dtype=torch.int64)))
+        return matches
+
+    def forward(
+        self, logits: List[Tensor], boxes: List[Tensor], targets: List[Dict[str, Tensor]]
+    ) -> Dict[str, Tensor]:
+        """
+        Args:
+            logits: per detection layer (B, N) person logits.
+            boxes: per detection layer (B, N, 4) (cx, cy, w, h) in [0, 1].
+            targets: B dicts with ``boxes`` (n, 4) (see person_boxes) and the pose targets'
+                ``keypoints`` (n, K, 2) (counted for the normalisation).
+
+        Returns:
+            unweighted scalar losses by name (see the module docstring).
+        """
+        num_people = num_people_across_workers(targets, logits[0].device)
+        losses = {}
+        for layer, (layer_logits, layer_boxes) in enumerate(zip(logits, boxes)):
+            matches = self.match(layer_logits, layer_boxes, targets)
+            values = self.layer_losses(layer_logits, layer_boxes, targets, matches, num_people)
+            losses.update({f"{name}_{layer}": value for name, value in values.items()})
+        return losses
+
+    def layer_losses(
+        self, logits: Tensor, boxes: Tensor, targets: List[Dict[str, Tensor]],
+        matches: List[Tuple[Tensor, Tensor]], num_people: float,
+    ) -> Dict[str, Tensor]:
+        """Unsuffixed losses of one layer given its matching."""
+        device = logits.device
+        batch_index = torch.cat([
+            torch.full_like(queries, image) for image, (queries, _) in enumerate(matches)
+        ]).to(device)
+        query_index = torch.cat([queries for queries, _ in matches]).to(device)
+        is_person = torch.zeros_like(logits)
+        is_person[batch_index, query_index] = 1
+        focal = sigmoid_focal_loss(logits, is_person, alpha=self.focal_alpha, gamma=_FOCAL_GAMMA)
+        pred = boxes[batch_index, query_index]
+        target = torch.cat([
+            t["boxes"][people.to(t["boxes"].device)] for t, (_, people) in zip(targets, matches)
+        ]).to(device)
+        giou = generalized_box_iou_loss(
+            box_convert(pred, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy"),
+            reduction="sum",
+        )
+        return {
+            "loss_det_cls": focal.sum() / num_people,
+            "loss_det_bbox": (pred - target).abs().sum() / num_people,
+            "loss_det_giou": giou / num_people,
+        }

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Convert ImageNet Swin Transformer weights into a Detectron2 checkpoint of our Swin backbone.
+
+    python tools/convert_imagenet_swin.py swin_tiny_patch4_window7_224.pth \\
+        pretrained/swin_tiny_patch4_window7_224_d2.pth \\
+        --config-file configs/COCO-Keypoints/grouppose_SwinT_60e.yaml
+
+The input is a classification checkpoint of the Swin Transformer repository
+(``{"model": state_dict}``, reference parameter names). The output holds ``backbone.*`` only;
+use it as MODEL.WEIGHTS of a Swin config (the transformer starts from its initialisation, the
+classification head and final norm are dropped). With a config, weights whose MODEL.SWIN
+architecture disagrees with it are refused.
+"""
+
+import argparse
+import sys
+from typing import List, Optional
+
+import torch
+from detectron2.config import get_cfg
+
+from grouppose import add_grouppose_config
+from grouppose.checkpoint import convert_imagenet_swin, detectron2_checkpoint
+
+_AUTHOR = "ImageNet Swin Transformer weights, converted"
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="ImageNet Swin checkpoint ({'model': state_dict})")
+    parser.add_argument("output", help="Detectron2 checkpoint to write")
+    parser.add_argument("--config-file", default="", help="target config; refuse on mismatch")
+    parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    cfg = None
+    if args.config_file or args.opts:
+        cfg = get_cfg()
+        add_grouppose_config(cfg)
+        if args.config_file:
+            cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    checkpoint = torch.load(args.input, map_location="cpu", weights_only=True)
+    state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        print(f"error: {args.input}: expected a dict checkpoint", file=sys.stderr)
+        return 1
+    try:
+        converted, dropped = convert_imagenet_swin(state_dict, cfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    output = detectron2_checkpoint(converted)
+    output["__author__"] = _AUTHOR
+    torch.save(output, args.output)
+    summary = ", ".join(f"{len(keys)} {reason}" for reason, keys in dropped.items())
+    print(f"converted ImageNet Swin weights: {len(converted)} keys mapped, dropped "
+          f"{sum(map(len, dropped.values()))} ({summary or 'none'}) -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
