@@ -10,19 +10,16 @@ Without CUDA, ``--num-gpus N`` starts N CPU processes joined with gloo.
 """
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 
-from grouppose import add_grouppose_config
+from grouppose.config import get_grouppose_cfg
 from grouppose.engine import Trainer, launch
 
 
 def setup(args) -> CfgNode:
     """The frozen config of --config-file and the trailing KEY VALUE overrides."""
-    cfg = get_cfg()
-    add_grouppose_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_grouppose_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

@@ -13,6 +13,7 @@ from detectron2.config import get_cfg
 from test_meta_arch import build, tiny_cfg, training_batch
 
 from grouppose import add_grouppose_config
+from grouppose.config import get_grouppose_cfg
 from grouppose.decoder import GroupPoseDecoder, GroupPoseDecoderLayer, group_attention_mask
 from grouppose.encoder import flatten_levels
 from grouppose.variants import PAPER_VARIANT, DecoderVariant
@@ -44,9 +45,7 @@ SWITCHES = ("SELF_ATTN", "GROUP_ATTN", "ACROSS_INSTANCE", "SHARE_GROUP_ATTN", "Q
 
 
 def load_config(path: Path):
-    cfg = get_cfg()
-    add_grouppose_config(cfg)
-    cfg.merge_from_file(str(path))
+    cfg = get_grouppose_cfg(str(path))
     return cfg
 
 

@@ -8,7 +8,6 @@ import itertools
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import annotations_to_instances
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
@@ -18,7 +17,7 @@ from detectron2.utils.visualizer import Visualizer
 from tiny_grouppose import BASE_CONFIG, tiny_config
 
 import grouppose
-from grouppose import add_grouppose_config
+from grouppose.config import get_grouppose_cfg
 from grouppose.meta_arch import GroupPose, padding_mask
 from grouppose.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
 from grouppose.postprocess import KEYPOINT_SCORE, PIXEL_CENTER_OFFSET
@@ -106,9 +105,7 @@ def test_import_registers_and_config_defaults():
     from detectron2.modeling import META_ARCH_REGISTRY
 
     assert META_ARCH_REGISTRY.get("GroupPose") is grouppose.GroupPose
-    cfg = get_cfg()
-    add_grouppose_config(cfg)
-    cfg.merge_from_file(str(BASE_CONFIG))
+    cfg = get_grouppose_cfg(str(BASE_CONFIG))
     gp = cfg.MODEL.GROUP_POSE
     assert (gp.NUM_INSTANCES, gp.NUM_KEYPOINTS, gp.HIDDEN_DIM, gp.NHEADS) == (100, 17, 256, 8)
     assert (gp.ENC_LAYERS, gp.DEC_LAYERS, gp.NUM_FEATURE_LEVELS, gp.TEST_TOPK) == (6, 6, 4, 50)

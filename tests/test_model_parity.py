@@ -10,13 +10,12 @@ from typing import Dict, List
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Instances, Keypoints
 from tiny_grouppose import BASE_CONFIG
 
-from grouppose import add_grouppose_config
 from grouppose.checkpoint import convert_official_checkpoint
+from grouppose.config import get_grouppose_cfg
 from grouppose.meta_arch import NetworkOutput
 from grouppose.postprocess import KEYPOINT_SCORE, PIXEL_CENTER_OFFSET
 from grouppose.query_selection import QuerySelection, encoder_proposals
@@ -31,9 +30,7 @@ LOSS_NAMES = {"loss_ce": "loss_cls", "loss_keypoints": "loss_keypoints", "loss_o
 
 def reference_cfg(**group_pose):
     """The reference fixtures' configuration (see the reference README), CPU."""
-    cfg = get_cfg()
-    add_grouppose_config(cfg)
-    cfg.merge_from_file(str(BASE_CONFIG))
+    cfg = get_grouppose_cfg(str(BASE_CONFIG))
     cfg.MODEL.GROUP_POSE.ENC_LAYERS = 2
     cfg.MODEL.GROUP_POSE.DEC_LAYERS = 2
     cfg.MODEL.GROUP_POSE.NUM_INSTANCES = 20

@@ -8,12 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
 from tiny_grouppose import BASE_CONFIG, NUM_INSTANCES, REPO_ROOT, save_tiny_model
 
 import grouppose
-from grouppose.config import add_grouppose_config
+from grouppose.config import get_grouppose_cfg
 from grouppose.image_io import as_bgr_uint8, read_image
 from grouppose.predictor import GroupPosePredictor, PosePrediction, build_inference_config
 
@@ -48,9 +47,7 @@ def official_predictor(reference_dir, tmp_path_factory):
         "--config-file", str(BASE_CONFIG), *architecture,
     ]) == 0
 
-    cfg = get_cfg()
-    add_grouppose_config(cfg)
-    cfg.merge_from_file(str(BASE_CONFIG))
+    cfg = get_grouppose_cfg(str(BASE_CONFIG))
     cfg.merge_from_list([
         *architecture,
         "MODEL.DEVICE", "cpu",

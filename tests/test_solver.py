@@ -11,7 +11,7 @@ from detectron2.solver import build_lr_scheduler
 from torch import nn
 from training_utils import REPO_ROOT, TINY_CONFIG
 
-from grouppose.config import add_grouppose_config
+from grouppose.config import add_grouppose_config, get_grouppose_cfg
 from grouppose.engine import (
     NonFiniteLossError,
     build_optimizer,
@@ -23,9 +23,7 @@ from grouppose.engine.trainer import check_training_config
 
 def paper_solver_config():
     """The tiny model with the paper's solver defaults (not the tiny config's solver)."""
-    cfg = get_cfg()
-    add_grouppose_config(cfg)
-    cfg.merge_from_file(str(TINY_CONFIG))
+    cfg = get_grouppose_cfg(str(TINY_CONFIG))
     defaults = get_cfg()
     add_grouppose_config(defaults)
     cfg.SOLVER = defaults.SOLVER
@@ -143,9 +141,7 @@ def test_training_config_checks():
     "Synthetic/grouppose_tiny.yaml",
 ])
 def test_training_configs(config_file):
-    cfg = get_cfg()
-    add_grouppose_config(cfg)
-    cfg.merge_from_file(str(REPO_ROOT / "configs" / config_file))
+    cfg = get_grouppose_cfg(str(REPO_ROOT / "configs" / config_file))
     check_training_config(cfg)
     assert all(0 < step < cfg.SOLVER.MAX_ITER for step in cfg.SOLVER.STEPS)
     assert cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"

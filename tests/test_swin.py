@@ -17,15 +17,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from test_model_parity import reference_cfg
 
-from grouppose import add_grouppose_config
 from grouppose.backbone.swin import SwinTransformer
 from grouppose.checkpoint import convert_imagenet_swin, convert_official_checkpoint
 from grouppose.checkpoint.official import load_official_state_dict
+from grouppose.config import get_grouppose_cfg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "convert_imagenet_swin.py"
@@ -216,9 +215,7 @@ def test_registry_and_config_build_swin_t_and_swin_l():
         ("COCO-Keypoints/grouppose_SwinL_60e.yaml", (384, 768, 1536), 12, 195_200_820),
         ("CrowdPose/grouppose_SwinL_80e.yaml", (384, 768, 1536), 12, 195_200_820),
     ):
-        cfg = get_cfg()
-        add_grouppose_config(cfg)
-        cfg.merge_from_file(str(REPO_ROOT / "configs" / config))
+        cfg = get_grouppose_cfg(str(REPO_ROOT / "configs" / config))
         assert cfg.MODEL.BACKBONE.NAME == "build_swin_backbone"
         assert window == cfg.MODEL.SWIN.WINDOW_SIZE
         assert cfg.MODEL.GROUP_POSE.IN_FEATURES == ["res3", "res4", "res5"]

@@ -4,10 +4,10 @@ of the inference tools (predictor, demo, export)."""
 from pathlib import Path
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
-from grouppose.config import add_grouppose_config
+from grouppose.config import get_grouppose_cfg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO_ROOT / "configs" / "Base-GroupPose.yaml"
@@ -31,9 +31,7 @@ TINY_OPTS = [
 
 
 def tiny_config() -> CfgNode:
-    cfg = get_cfg()
-    add_grouppose_config(cfg)
-    cfg.merge_from_file(str(BASE_CONFIG))
+    cfg = get_grouppose_cfg(str(BASE_CONFIG))
     cfg.merge_from_list(list(TINY_OPTS))
     return cfg
 

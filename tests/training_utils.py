@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from grouppose.config import add_grouppose_config
+from grouppose.config import get_grouppose_cfg
 from grouppose.data import register_synthetic_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +57,7 @@ def register_tiny_datasets(root: Path) -> None:
 def tiny_training_config(data_root: Path, output_dir: Path, opts: Sequence[str] = ()) -> CfgNode:
     """The tiny config + FAST_OPTS + ``opts``, with the tiny datasets registered."""
     register_tiny_datasets(data_root)
-    cfg = get_cfg()
-    add_grouppose_config(cfg)
-    cfg.merge_from_file(str(TINY_CONFIG))
+    cfg = get_grouppose_cfg(str(TINY_CONFIG))
     cfg.merge_from_list([*FAST_OPTS, "OUTPUT_DIR", str(output_dir), *opts])
     return cfg
 

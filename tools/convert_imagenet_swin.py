@@ -17,10 +17,9 @@ import sys
 from typing import List, Optional
 
 import torch
-from detectron2.config import get_cfg
 
-from grouppose import add_grouppose_config
 from grouppose.checkpoint import convert_imagenet_swin, detectron2_checkpoint
+from grouppose.config import get_grouppose_cfg
 
 _AUTHOR = "ImageNet Swin Transformer weights, converted"
 
@@ -36,13 +35,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    cfg = None
-    if args.config_file or args.opts:
-        cfg = get_cfg()
-        add_grouppose_config(cfg)
-        if args.config_file:
-            cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
+    cfg = get_grouppose_cfg(args.config_file, args.opts) if args.config_file or args.opts else None
     checkpoint = torch.load(args.input, map_location="cpu", weights_only=True)
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict):

@@ -14,14 +14,13 @@ import sys
 from typing import List, Optional
 
 import torch
-from detectron2.config import get_cfg
 
-from grouppose import add_grouppose_config
 from grouppose.checkpoint import (
     convert_official_checkpoint,
     detectron2_checkpoint,
     load_official_state_dict,
 )
+from grouppose.config import get_grouppose_cfg
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -39,13 +38,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    cfg = None
-    if args.config_file or args.opts:
-        cfg = get_cfg()
-        add_grouppose_config(cfg)
-        if args.config_file:
-            cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
+    cfg = get_grouppose_cfg(args.config_file, args.opts) if args.config_file or args.opts else None
     try:
         state_dict = load_official_state_dict(args.input, trust_pickle=args.trust_pickle)
         converted, report = convert_official_checkpoint(state_dict, cfg)

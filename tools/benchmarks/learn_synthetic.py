@@ -24,13 +24,13 @@ from typing import Dict, List, Optional
 
 import cv2
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import HookBase, hooks
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from grouppose import add_grouppose_config
+from grouppose.config import get_grouppose_cfg
 from grouppose.engine import Trainer
 from grouppose.visualization import draw_poses
 
@@ -62,10 +62,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_grouppose_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_grouppose_cfg(args.config_file, args.opts)
     if args.max_iter is not None:
         if args.max_iter <= 0:
             raise ValueError(f"--max-iter must be positive, got {args.max_iter}")

@@ -1,8 +1,9 @@
 """Group Pose config keys (``cfg.MODEL.GROUP_POSE.*``) and the Detectron2 defaults it needs."""
 
-from typing import Optional
+import os
+from typing import Optional, Sequence
 
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from torch import Tensor
 
@@ -121,6 +122,23 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     cfg.INPUT.CROP.SIZE = [384, 600]
     cfg.INPUT.CROP_RESIZE_SIZES = (400, 500, 600)  # new key: the crop branch's first resize
     cfg.INPUT.CROP_PROB = 0.5  # new key: probability of the crop branch
+
+
+def get_grouppose_cfg(config_file: str = "", opts: Sequence = ()) -> CfgNode:
+    """Detectron2's defaults + ``add_grouppose_config`` + ``config_file`` (if given) + ``KEY VALUE``
+    ``opts``, unfrozen: the config every entry point (train_net, demo, tools) starts from.
+
+    Raises:
+        ValueError naming ``config_file`` when it does not exist.
+    """
+    cfg = get_cfg()
+    add_grouppose_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ValueError(f"config file not found: '{config_file}'")
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def _metadata_sigmas(cfg: CfgNode) -> Optional[list]:

@@ -16,11 +16,11 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 from detectron2.structures import Instances
 
-from grouppose.config import add_grouppose_config
+from grouppose.config import get_grouppose_cfg
 from grouppose.image_io import as_bgr_uint8, read_image
 
 __all__ = ["GroupPosePredictor", "PosePrediction", "build_inference_config", "predict"]
@@ -59,14 +59,9 @@ def build_inference_config(
     if isinstance(config, CfgNode):
         cfg = config.clone()
         cfg.defrost()
+        cfg.merge_from_list(list(opts))
     else:
-        config_file = os.fspath(config)
-        if not os.path.isfile(config_file):
-            raise ValueError(f"config file not found: '{config_file}'")
-        cfg = get_cfg()
-        add_grouppose_config(cfg)
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+        cfg = get_grouppose_cfg(os.fspath(config), opts)
     if weights is not None:
         cfg.MODEL.WEIGHTS = os.fspath(weights)
     if device is not None:
