@@ -6,6 +6,8 @@ import contextlib
 import io
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -186,3 +188,20 @@ def test_crowdpose_evaluator_writes_results_and_handles_no_predictions(crowdpose
     assert set(metrics) == set(CROWDPOSE_METRICS)
     assert all(np.isnan(v) for v in metrics.values())
     assert json.loads((tmp_path / "crowdpose_keypoint_results.json").read_text()) == []
+
+
+def test_coco_evaluation_works_without_xtcocotools_and_crowdpose_says_what_to_install():
+    """xtcocotools is needed by CrowdPose evaluation only: importing grouppose (and evaluating
+    COCO-format datasets) must not need it, and a CrowdPose evaluator tells how to install it."""
+    script = (
+        "import sys; sys.modules['xtcocotools'] = None\n"
+        "import grouppose\n"
+        "from grouppose.evaluation import crowdpose\n"
+        "try:\n"
+        "    crowdpose.CrowdPoseEvaluator('crowdpose_val', [0.1] * 14)\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert "CrowdPose evaluation needs xtcocotools: pip install" in result.stdout

@@ -26,8 +26,6 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
-from xtcocotools.coco import COCO
-from xtcocotools.cocoeval import COCOeval
 
 __all__ = ["CROWDPOSE_METRICS", "CrowdPoseEvaluator", "crowdpose_keypoint_ap"]
 
@@ -37,8 +35,22 @@ logger = logging.getLogger(__name__)
 CROWDPOSE_METRICS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_E", "AP_M", "AP_H")
 
 
+def _xtcocotools():
+    """xtcocotools' (COCO, COCOeval), imported on first use: only CrowdPose evaluation needs
+    the package, which ``make setup`` builds from source (its wheels need numpy 1)."""
+    try:
+        from xtcocotools.coco import COCO
+        from xtcocotools.cocoeval import COCOeval
+    except ImportError as error:
+        raise ImportError(
+            "CrowdPose evaluation needs xtcocotools: pip install --no-build-isolation "
+            "--no-binary xtcocotools xtcocotools (with numpy and cython installed)"
+        ) from error
+    return COCO, COCOeval
+
+
 def crowdpose_keypoint_ap(
-    coco_gt: COCO, results: List[Dict], sigmas: Sequence[float]
+    coco_gt, results: List[Dict], sigmas: Sequence[float]
 ) -> Dict[str, float]:
     """CrowdPose metrics of COCO-format keypoint results.
 
@@ -55,7 +67,7 @@ def crowdpose_keypoint_ap(
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
-        coco_eval = COCOeval(
+        coco_eval = _xtcocotools()[1](
             coco_gt, coco_dt, "keypoints_crowd", sigmas=np.asarray(sigmas), use_area=False
         )
         coco_eval.evaluate()
@@ -113,7 +125,7 @@ class CrowdPoseEvaluator(DatasetEvaluator):
         self._distributed = distributed
         json_file = PathManager.get_local_path(metadata.json_file)
         with contextlib.redirect_stdout(io.StringIO()):
-            self._coco_gt = COCO(json_file)
+            self._coco_gt = _xtcocotools()[0](json_file)
         # A test-split json without annotations can only be written out, not evaluated.
         self._do_evaluation = "annotations" in self._coco_gt.dataset
         if self._do_evaluation:
