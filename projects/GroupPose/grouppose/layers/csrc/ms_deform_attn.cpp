@@ -57,6 +57,29 @@ MSDeformAttnSizes check_ms_deform_attn_inputs(
   return sizes;
 }
 
+MSDeformAttnInputs checked_contiguous_inputs(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  return {check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index,
+                                      sampling_locations, attention_weights),
+          value.contiguous(), spatial_shapes.contiguous(), level_start_index.contiguous(),
+          sampling_locations.contiguous(), attention_weights.contiguous()};
+}
+
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value,
+                       const MSDeformAttnSizes& sizes) {
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({sizes.batch, sizes.queries,
+                                                       sizes.heads * sizes.channels}) &&
+                  grad_output.scalar_type() == value.scalar_type() &&
+                  grad_output.device() == value.device(),
+              "ms_deform_attn_backward: grad_output must be (N, Lq, M * D) of value's dtype "
+              "and device, got ", grad_output.sizes(), " ", grad_output.scalar_type(), " ",
+              grad_output.device());
+}
+
 }  // namespace grouppose
 
 TORCH_LIBRARY(grouppose, m) {

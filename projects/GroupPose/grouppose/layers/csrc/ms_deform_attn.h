@@ -38,6 +38,28 @@ MSDeformAttnSizes check_ms_deform_attn_inputs(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights);
 
+// The checked sizes and the five inputs, made contiguous (the kernels index raw pointers).
+struct MSDeformAttnInputs {
+  MSDeformAttnSizes sizes;
+  at::Tensor value;
+  at::Tensor spatial_shapes;
+  at::Tensor level_start_index;
+  at::Tensor sampling_locations;
+  at::Tensor attention_weights;
+};
+
+// check_ms_deform_attn_inputs, then the inputs made contiguous.
+MSDeformAttnInputs checked_contiguous_inputs(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights);
+
+// Checks the backward's grad_output: (N, Lq, M * D), of value's dtype and device.
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value,
+                       const MSDeformAttnSizes& sizes);
+
 // The four neighbours of one sampling point on an H x W map, in the grid_sample
 // (align_corners=False, zero padding) convention: pixel (i, j) has its center at
 // ((j + 0.5) / W, (i + 0.5) / H). Corner k is (y0 + k / 2, x0 + k % 2).

@@ -160,23 +160,19 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value_in, const at::Tensor& spat
                               const at::Tensor& level_start_index_in,
                               const at::Tensor& sampling_locations_in,
                               const at::Tensor& attention_weights_in) {
-  const MSDeformAttnSizes sizes =
-      check_ms_deform_attn_inputs(value_in, spatial_shapes_in, level_start_index_in,
-                                  sampling_locations_in, attention_weights_in);
-  const at::Tensor value = value_in.contiguous();
-  const at::Tensor spatial_shapes = spatial_shapes_in.contiguous();
-  const at::Tensor level_start_index = level_start_index_in.contiguous();
-  const at::Tensor sampling_locations = sampling_locations_in.contiguous();
-  const at::Tensor attention_weights = attention_weights_in.contiguous();
-  check_levels(spatial_shapes, level_start_index, sizes);
+  const MSDeformAttnInputs in =
+      checked_contiguous_inputs(value_in, spatial_shapes_in, level_start_index_in,
+                                sampling_locations_in, attention_weights_in);
+  const MSDeformAttnSizes& sizes = in.sizes;
+  check_levels(in.spatial_shapes, in.level_start_index, sizes);
   at::Tensor output =
-      at::empty({sizes.batch, sizes.queries, sizes.heads * sizes.channels}, value.options());
-  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu", [&] {
-    forward_kernel<scalar_t>(sizes, value.const_data_ptr<scalar_t>(),
-                             spatial_shapes.const_data_ptr<int64_t>(),
-                             level_start_index.const_data_ptr<int64_t>(),
-                             sampling_locations.const_data_ptr<scalar_t>(),
-                             attention_weights.const_data_ptr<scalar_t>(),
+      at::empty({sizes.batch, sizes.queries, sizes.heads * sizes.channels}, in.value.options());
+  AT_DISPATCH_FLOATING_TYPES(in.value.scalar_type(), "ms_deform_attn_cpu", [&] {
+    forward_kernel<scalar_t>(sizes, in.value.const_data_ptr<scalar_t>(),
+                             in.spatial_shapes.const_data_ptr<int64_t>(),
+                             in.level_start_index.const_data_ptr<int64_t>(),
+                             in.sampling_locations.const_data_ptr<scalar_t>(),
+                             in.attention_weights.const_data_ptr<scalar_t>(),
                              output.data_ptr<scalar_t>());
   });
   return output;
@@ -186,32 +182,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const at::Tensor& grad_output_in, const at::Tensor& value_in,
     const at::Tensor& spatial_shapes_in, const at::Tensor& level_start_index_in,
     const at::Tensor& sampling_locations_in, const at::Tensor& attention_weights_in) {
-  const MSDeformAttnSizes sizes =
-      check_ms_deform_attn_inputs(value_in, spatial_shapes_in, level_start_index_in,
-                                  sampling_locations_in, attention_weights_in);
-  TORCH_CHECK(grad_output_in.sizes() == at::IntArrayRef({sizes.batch, sizes.queries,
-                                                          sizes.heads * sizes.channels}) &&
-                  grad_output_in.scalar_type() == value_in.scalar_type(),
-              "ms_deform_attn_backward: grad_output must be (N, Lq, M * D) of value's dtype, got ",
-              grad_output_in.sizes(), " ", grad_output_in.scalar_type());
+  const MSDeformAttnInputs in =
+      checked_contiguous_inputs(value_in, spatial_shapes_in, level_start_index_in,
+                                sampling_locations_in, attention_weights_in);
+  const MSDeformAttnSizes& sizes = in.sizes;
+  check_grad_output(grad_output_in, value_in, sizes);
   const at::Tensor grad_output = grad_output_in.contiguous();
-  const at::Tensor value = value_in.contiguous();
-  const at::Tensor spatial_shapes = spatial_shapes_in.contiguous();
-  const at::Tensor level_start_index = level_start_index_in.contiguous();
-  const at::Tensor sampling_locations = sampling_locations_in.contiguous();
-  const at::Tensor attention_weights = attention_weights_in.contiguous();
-  check_levels(spatial_shapes, level_start_index, sizes);
+  check_levels(in.spatial_shapes, in.level_start_index, sizes);
   // Positions that no point samples keep a zero gradient; the other two are fully written.
-  at::Tensor grad_value = at::zeros_like(value);
-  at::Tensor grad_locations = at::empty_like(sampling_locations);
-  at::Tensor grad_weights = at::empty_like(attention_weights);
-  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
+  at::Tensor grad_value = at::zeros_like(in.value);
+  at::Tensor grad_locations = at::empty_like(in.sampling_locations);
+  at::Tensor grad_weights = at::empty_like(in.attention_weights);
+  AT_DISPATCH_FLOATING_TYPES(in.value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
     backward_kernel<scalar_t>(sizes, grad_output.const_data_ptr<scalar_t>(),
-                              value.const_data_ptr<scalar_t>(),
-                              spatial_shapes.const_data_ptr<int64_t>(),
-                              level_start_index.const_data_ptr<int64_t>(),
-                              sampling_locations.const_data_ptr<scalar_t>(),
-                              attention_weights.const_data_ptr<scalar_t>(),
+                              in.value.const_data_ptr<scalar_t>(),
+                              in.spatial_shapes.const_data_ptr<int64_t>(),
+                              in.level_start_index.const_data_ptr<int64_t>(),
+                              in.sampling_locations.const_data_ptr<scalar_t>(),
+                              in.attention_weights.const_data_ptr<scalar_t>(),
                               grad_value.data_ptr<scalar_t>(), grad_locations.data_ptr<scalar_t>(),
                               grad_weights.data_ptr<scalar_t>());
   });

@@ -168,27 +168,23 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value_in, const at::Tensor& spa
                                const at::Tensor& level_start_index_in,
                                const at::Tensor& sampling_locations_in,
                                const at::Tensor& attention_weights_in) {
-  const MSDeformAttnSizes sizes =
-      check_ms_deform_attn_inputs(value_in, spatial_shapes_in, level_start_index_in,
-                                  sampling_locations_in, attention_weights_in);
+  const MSDeformAttnInputs in =
+      checked_contiguous_inputs(value_in, spatial_shapes_in, level_start_index_in,
+                                sampling_locations_in, attention_weights_in);
+  const MSDeformAttnSizes& sizes = in.sizes;
   const c10::cuda::CUDAGuard device_guard(value_in.device());
-  const at::Tensor value = value_in.contiguous();
-  const at::Tensor spatial_shapes = spatial_shapes_in.contiguous();
-  const at::Tensor level_start_index = level_start_index_in.contiguous();
-  const at::Tensor sampling_locations = sampling_locations_in.contiguous();
-  const at::Tensor attention_weights = attention_weights_in.contiguous();
   at::Tensor output =
-      at::empty({sizes.batch, sizes.queries, sizes.heads * sizes.channels}, value.options());
+      at::empty({sizes.batch, sizes.queries, sizes.heads * sizes.channels}, in.value.options());
   if (output.numel() == 0) {
     return output;
   }
-  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.value.scalar_type(), "ms_deform_attn_cuda", [&] {
     forward_kernel<scalar_t><<<num_blocks(sizes), kThreadsPerBlock, 0,
                                c10::cuda::getCurrentCUDAStream()>>>(
-        sizes, value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),
-        level_start_index.const_data_ptr<int64_t>(),
-        sampling_locations.const_data_ptr<scalar_t>(),
-        attention_weights.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>());
+        sizes, in.value.const_data_ptr<scalar_t>(), in.spatial_shapes.const_data_ptr<int64_t>(),
+        in.level_start_index.const_data_ptr<int64_t>(),
+        in.sampling_locations.const_data_ptr<scalar_t>(),
+        in.attention_weights.const_data_ptr<scalar_t>(), output.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return output;
@@ -198,36 +194,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& grad_output_in, const at::Tensor& value_in,
     const at::Tensor& spatial_shapes_in, const at::Tensor& level_start_index_in,
     const at::Tensor& sampling_locations_in, const at::Tensor& attention_weights_in) {
-  const MSDeformAttnSizes sizes =
-      check_ms_deform_attn_inputs(value_in, spatial_shapes_in, level_start_index_in,
-                                  sampling_locations_in, attention_weights_in);
-  TORCH_CHECK(grad_output_in.sizes() == at::IntArrayRef({sizes.batch, sizes.queries,
-                                                          sizes.heads * sizes.channels}) &&
-                  grad_output_in.scalar_type() == value_in.scalar_type() &&
-                  grad_output_in.device() == value_in.device(),
-              "ms_deform_attn_backward: grad_output must be (N, Lq, M * D) of value's dtype "
-              "and device, got ", grad_output_in.sizes(), " ", grad_output_in.scalar_type(), " ",
-              grad_output_in.device());
+  const MSDeformAttnInputs in =
+      checked_contiguous_inputs(value_in, spatial_shapes_in, level_start_index_in,
+                                sampling_locations_in, attention_weights_in);
+  const MSDeformAttnSizes& sizes = in.sizes;
+  check_grad_output(grad_output_in, value_in, sizes);
   const c10::cuda::CUDAGuard device_guard(value_in.device());
   const at::Tensor grad_output = grad_output_in.contiguous();
-  const at::Tensor value = value_in.contiguous();
-  const at::Tensor spatial_shapes = spatial_shapes_in.contiguous();
-  const at::Tensor level_start_index = level_start_index_in.contiguous();
-  const at::Tensor sampling_locations = sampling_locations_in.contiguous();
-  const at::Tensor attention_weights = attention_weights_in.contiguous();
-  at::Tensor grad_value = at::zeros_like(value);
-  at::Tensor grad_locations = at::zeros_like(sampling_locations);
-  at::Tensor grad_weights = at::zeros_like(attention_weights);
+  at::Tensor grad_value = at::zeros_like(in.value);
+  at::Tensor grad_locations = at::zeros_like(in.sampling_locations);
+  at::Tensor grad_weights = at::zeros_like(in.attention_weights);
   if (grad_output.numel() == 0) {
     return {grad_value, grad_locations, grad_weights};
   }
-  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
     backward_kernel<scalar_t><<<num_blocks(sizes), kThreadsPerBlock, 0,
                                 c10::cuda::getCurrentCUDAStream()>>>(
-        sizes, grad_output.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
-        spatial_shapes.const_data_ptr<int64_t>(), level_start_index.const_data_ptr<int64_t>(),
-        sampling_locations.const_data_ptr<scalar_t>(),
-        attention_weights.const_data_ptr<scalar_t>(), grad_value.data_ptr<scalar_t>(),
+        sizes, grad_output.const_data_ptr<scalar_t>(), in.value.const_data_ptr<scalar_t>(),
+        in.spatial_shapes.const_data_ptr<int64_t>(),
+        in.level_start_index.const_data_ptr<int64_t>(),
+        in.sampling_locations.const_data_ptr<scalar_t>(),
+        in.attention_weights.const_data_ptr<scalar_t>(), grad_value.data_ptr<scalar_t>(),
         grad_locations.data_ptr<scalar_t>(), grad_weights.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
