@@ -55,8 +55,8 @@ clean:
 	rm -rf build projects/GroupPose/grouppose/*.so projects/GroupPose/*.egg-info
 
 # Train configs/Synthetic/grouppose_tiny.yaml from scratch on the CPU for a few minutes on the
-# generated dataset (created under datasets/synthetic_pose/ on first use), print the keypoint AP
-# table on the held-out split and draw predictions to output/demo/predictions/.
+# generated dataset (created under datasets/synthetic_pose_small/ on first use), print the
+# keypoint AP table on the held-out split and draw predictions to output/demo/predictions/.
 demo: setup
 	$(PY) tools/benchmarks/learn_synthetic.py --output-dir output/demo --max-iter 300 \
 		--eval-period 300 --draw 4

@@ -58,7 +58,8 @@ def test_param_groups(cfg_and_model):
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert len(group_of) == sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
     norm_params = {
-        id(p) for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))
+        id(p) for m in model.modules()
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm))
         for p in m.parameters(recurse=False)
     }
     counts = {"backbone": 0, "sampling_offsets": 0}

@@ -45,7 +45,7 @@ def test_training_lowers_the_loss_and_logs_every_term(trained):
     for suffix in ("", "_0", "_interm"):  # final layer, auxiliary layer 0, encoder
         for term in ("loss_cls", "loss_keypoints", "loss_oks"):
             assert term + suffix in losses[0]
-    assert losses[0]["lr"] == pytest.approx(4e-4)
+    assert losses[0]["lr"] == pytest.approx(3e-4)
     assert "eta:" in output  # CommonMetricPrinter's progress line
     assert (output_dir / "model_final.pth").is_file()
     assert list(output_dir.glob("events.out.tfevents.*"))  # TensorBoard

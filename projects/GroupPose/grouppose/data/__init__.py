@@ -40,8 +40,8 @@ __all__ = [
 def _register_all(root: str) -> None:
     register_coco_keypoint_datasets()
     register_all_crowdpose(root)
-    for name, (folder, num_images, seed) in DEFAULT_SPLITS.items():
-        register_synthetic_dataset(name, os.path.join(root, folder), num_images, seed)
+    for name, (folder, num_images, seed, image_size) in DEFAULT_SPLITS.items():
+        register_synthetic_dataset(name, os.path.join(root, folder), num_images, seed, image_size)
 
 
 _register_all(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))

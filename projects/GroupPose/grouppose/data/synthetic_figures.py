@@ -37,11 +37,15 @@ _POINT_INDEX = {name: i for i, name in enumerate(POINT_NAMES)}
 _FACE_POINTS = ("nose", "left_eye", "right_eye")
 
 # Figure proportions, in units of the figure's scale (~ 1.05 x its head-to-ankle height).
+# Limbs, hips and torso are wide enough that a silhouette fills about a third of its box (a
+# stick figure fills a quarter): OKS measures errors relative to the square root of the
+# annotated area, with sigmas calibrated on COCO's people, so a thin figure would be judged
+# far more strictly than a COCO person of the same height.
 _TORSO = 0.30
 _NECK = 0.045
 _HEAD_RADIUS = 0.065
 _SHOULDER_HALF_WIDTH = 0.10
-_HIP_HALF_WIDTH = 0.065
+_HIP_HALF_WIDTH = 0.085
 _UPPER_ARM, _FOREARM, _THIGH, _SHIN = 0.16, 0.15, 0.24, 0.23
 _EXTENT_ABOVE_PELVIS = _TORSO + _NECK + 2 * _HEAD_RADIUS  # pelvis to head top
 _EXTENT_BELOW_PELVIS = _THIGH + _SHIN  # pelvis to ankles, legs straight
@@ -185,8 +189,8 @@ def _sample_style(rng: np.random.Generator, scale: float) -> _Style:
         hair=_bgr(rng.uniform(0.0, 0.12), rng.uniform(0.3, 0.8), rng.uniform(0.08, 0.3)),
         shoes=_bgr(rng.uniform(), rng.uniform(0.0, 0.5), rng.uniform(0.05, 0.25)),
         mark=_bgr(rng.uniform(), rng.uniform(0.0, 0.25), rng.uniform(0.85, 1.0)),
-        arm_width=max(2, round(rng.uniform(0.035, 0.055) * scale)),
-        leg_width=max(3, round(rng.uniform(0.045, 0.07) * scale)),
+        arm_width=max(2, round(rng.uniform(0.06, 0.085) * scale)),
+        leg_width=max(3, round(rng.uniform(0.085, 0.115) * scale)),
     )
 
 
