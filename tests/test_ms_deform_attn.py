@@ -234,6 +234,30 @@ def test_validation_errors(index, make_bad, message):
         ms_deform_attn(*inputs)
 
 
+@pytest.mark.parametrize(("index", "make_bad"), [(1, lambda t: t + 1), (2, lambda t: t + 1)])
+def test_device_side_level_check(index, make_bad):
+    # On accelerators the level checks run as an asynchronous device assertion (no host sync);
+    # on CPU tensors torch._assert_async raises at once, which exercises the same expression.
+    inputs = list(make_inputs(2, 4, 3, 4, [(4, 5), (2, 3)], 2))
+    S = inputs[0].shape[1]
+    op_module._assert_levels_on_device(inputs[1], inputs[2], S)
+    inputs[index] = make_bad(inputs[index])
+    with pytest.raises(RuntimeError, match="level_start_index must be their running sum"):
+        op_module._assert_levels_on_device(inputs[1], inputs[2], S)
+
+
+@pytest.mark.cuda
+def test_cuda_forward_and_backward_do_not_synchronize(compiled_op):
+    inputs = [t.cuda() for t in make_inputs(2, 4, 3, 4, [(4, 5), (2, 3)], 2)]
+    for i in DIFFERENTIABLE:
+        inputs[i].requires_grad_()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ms_deform_attn(*inputs).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_fallback_warns_once_and_uses_reference(monkeypatch):
     monkeypatch.setattr(op_module, "_EXTENSION_ERROR", "grouppose._C is missing (test)")
     monkeypatch.setattr(op_module, "_warned_reasons", set())

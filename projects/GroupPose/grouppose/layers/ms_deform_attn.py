@@ -148,8 +148,12 @@ def _check_inputs(
     for name in ("spatial_shapes", "level_start_index"):
         if named[name].dtype != torch.int64:
             raise ValueError(f"ms_deform_attn: {name} must be int64, got {named[name].dtype}")
-    if not _is_traced(spatial_shapes):
+    if _is_traced(spatial_shapes):
+        return
+    if spatial_shapes.device.type == "cpu":
         _check_levels(spatial_shapes, level_start_index, S)
+    else:
+        _assert_levels_on_device(spatial_shapes, level_start_index, S)
 
 
 def _check_levels(spatial_shapes: Tensor, level_start_index: Tensor, S: int) -> None:
@@ -167,6 +171,23 @@ def _check_levels(spatial_shapes: Tensor, level_start_index: Tensor, S: int) -> 
             f"ms_deform_attn: level_start_index must be {expected_starts} for spatial_shapes "
             f"{shapes}, got {level_start_index.tolist()}"
         )
+
+
+def _assert_levels_on_device(spatial_shapes: Tensor, level_start_index: Tensor, S: int) -> None:
+    """The checks of ``_check_levels`` as a device-side assertion: reading the tensors on the
+    host would synchronise the accelerator at every call (the encoder and each decoder layer);
+    a failure surfaces at the next synchronisation, before any wrong result can be read."""
+    areas = spatial_shapes.prod(dim=1)
+    valid = (
+        (spatial_shapes > 0).all()
+        & (areas.sum() == S)
+        & (level_start_index == torch.cumsum(areas, dim=0) - areas).all()
+    )
+    torch._assert_async(
+        valid,
+        f"ms_deform_attn: spatial_shapes must hold positive (H, W) whose areas sum to "
+        f"value.shape[1] = {S}, and level_start_index must be their running sum",
+    )
 
 
 def ms_deform_attn(
