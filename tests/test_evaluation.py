@@ -205,3 +205,39 @@ def test_coco_evaluation_works_without_xtcocotools_and_crowdpose_says_what_to_in
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             check=True)
     assert "CrowdPose evaluation needs xtcocotools: pip install" in result.stdout
+
+
+def test_score_oracle_ranks_each_persons_best_detection_first(tmp_path, monkeypatch):
+    """tools/benchmarks/score_oracle.py: with the right detections present but misranked
+    (a duplicate and a false detection above them), the oracle scores reach AP 100."""
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.syspath_prepend(os.path.join(repo_root, "tools", "benchmarks"))
+    import score_oracle
+
+    def person(x0: float) -> list:
+        points = np.stack([x0 + np.arange(17) * 2.0, 20.0 + np.arange(17) * 3.0,
+                           np.full(17, 2.0)], axis=1)
+        return points.reshape(-1).tolist()
+
+    people = [person(10.0), person(60.0)]
+    annotations = [
+        {"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "keypoints": kpts,
+         "num_keypoints": 17, "bbox": [kpts[0], 20.0, 32.0, 48.0], "area": 1536.0}
+        for i, kpts in enumerate(people)
+    ]
+    annotations_file = write_json(tmp_path / "gt.json", [{"id": 1, "width": 120,
+                                                         "height": 90}], annotations)
+    shifted = (np.asarray(people[0]) + np.tile([2.0, 1.0, 0.0], 17)).tolist()
+    detections = [
+        {"image_id": 1, "category_id": 1, "keypoints": people[0], "score": 0.1},
+        {"image_id": 1, "category_id": 1, "keypoints": shifted, "score": 0.9},  # duplicate
+        {"image_id": 1, "category_id": 1, "keypoints": person(100.0), "score": 0.8},  # false
+        {"image_id": 1, "category_id": 1, "keypoints": people[1], "score": 0.05},
+    ]
+    as_is, oracle = score_oracle.as_is_and_oracle(str(annotations_file), detections)
+    assert as_is["AP"] < 90.0
+    assert oracle == {"AP": 100.0, "AP50": 100.0, "AP75": 100.0}
+    # the pairing is greedy by OKS: the exact detection, not the duplicate, gets person 0
+    oks = np.array([[1.0, 0.0], [0.6, 0.0], [0.0, 0.1], [0.0, 1.0]])
+    assert score_oracle.oracle_scores(oks, np.array([0.1, 0.9, 0.8, 0.05])).tolist() == [
+        2.0, 0.9, 0.8, 2.0]
