@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 from detectron2.config import get_cfg
 from detectron2.evaluation import COCOEvaluator
-from keypoint_test_data import coco_results, gt_predictions, unique_name, unregister, write_json
+from keypoint_test_data import (
+    annotation,
+    coco_results,
+    gt_predictions,
+    unique_name,
+    unregister,
+    write_json,
+)
 from pycocotools import coco as pycoco
 from pycocotools import cocoeval as pycocoeval
 from xtcocotools import coco as xtcoco
@@ -220,11 +227,8 @@ def test_score_oracle_ranks_each_persons_best_detection_first(tmp_path, monkeypa
         return points.reshape(-1).tolist()
 
     people = [person(10.0), person(60.0)]
-    annotations = [
-        {"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "keypoints": kpts,
-         "num_keypoints": 17, "bbox": [kpts[0], 20.0, 32.0, 48.0], "area": 1536.0}
-        for i, kpts in enumerate(people)
-    ]
+    annotations = [annotation(i + 1, 1, kpts, [kpts[0], 20.0, 32.0, 48.0], area=1536.0)
+                   for i, kpts in enumerate(people)]
     annotations_file = write_json(tmp_path / "gt.json", [{"id": 1, "width": 120,
                                                          "height": 90}], annotations)
     shifted = (np.asarray(people[0]) + np.tile([2.0, 1.0, 0.0], 17)).tolist()
