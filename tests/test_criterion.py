@@ -1,12 +1,19 @@
 """Group Pose losses (grouppose/criterion.py) against the official implementation's numbers."""
 
+import math
+
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from grouppose.criterion import SetCriterion, build_targets, num_people_across_workers
-from grouppose.matcher import HungarianMatcher
+from grouppose.criterion import (
+    NonFinitePredictionError,
+    SetCriterion,
+    build_targets,
+    num_people_across_workers,
+)
+from grouppose.matcher import HungarianMatcher, NonFiniteCostError, optimal_assignment
 from grouppose.oks import default_oks_sigmas
 
 REL_TOL = 1e-4
@@ -267,6 +274,51 @@ def test_num_people_is_averaged_across_workers_and_clamped(tmp_path):
     mp.spawn(_count_people_on_worker, args=(str(tmp_path),), nprocs=len(PEOPLE_PER_WORKER))
     for rank in range(len(PEOPLE_PER_WORKER)):
         assert torch.load(tmp_path / f"rank{rank}.pt") == EXPECTED_NUM_PEOPLE
+
+
+# Worker 1's predictions diverged; worker 0's are fine: both must stop, each saying where.
+def _stop_on_divergence_on_worker(rank, folder):
+    dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank,
+                            world_size=2)
+    diverged = ["decoder aux_outputs[0] (pred_logits has 4 of 4 values NaN/inf)"] if rank else []
+    try:
+        num_people_across_workers([{"keypoints": torch.zeros(1, 3, 2)}], torch.device("cpu"),
+                                  diverged)
+        message = None
+    except NonFinitePredictionError as e:
+        message = str(e)
+    dist.destroy_process_group()
+    torch.save(message, f"{folder}/rank{rank}.pt")
+
+
+def test_every_worker_stops_when_one_diverged(tmp_path):
+    mp.spawn(_stop_on_divergence_on_worker, args=(str(tmp_path),), nprocs=2)
+    assert "Non-finite predictions: on another worker" in torch.load(tmp_path / "rank0.pt")
+    assert "aux_outputs[0] (pred_logits has 4 of 4" in torch.load(tmp_path / "rank1.pt")
+
+
+def test_non_finite_predictions_are_named_instead_of_failing_in_scipy():
+    generator = torch.Generator().manual_seed(3)
+    targets = [{"keypoints": torch.rand(2, 3, 2, generator=generator), "area": torch.ones(2),
+                "visible": torch.ones(2, 3, dtype=torch.bool)}]
+    criterion = _criterion(3, num_aux_outputs=1, sigmas=[0.05, 0.06, 0.07])
+    outputs = _random_outputs(generator, 1, 4, 3, num_aux=1)
+    outputs["aux_outputs"][0]["pred_keypoints"][0, 1, 2, 0] = math.nan
+    with pytest.raises(NonFinitePredictionError,
+                       match=r"aux_outputs\[0\] \(pred_keypoints has 1 of 24 values NaN/inf\)"):
+        criterion(outputs, targets)
+    # Finite predictions whose costs overflow are still named.
+    outputs = _random_outputs(generator, 1, 4, 3, num_aux=1)
+    outputs["pred_keypoints"] = outputs["pred_keypoints"] * 3e38
+    with pytest.raises(NonFinitePredictionError, match="last decoder layer.*but too large"):
+        criterion(outputs, targets)
+
+
+def test_optimal_assignment_refuses_non_finite_costs():
+    rows, cols = optimal_assignment(torch.tensor([[3.0, 1.0], [0.0, 5.0], [2.0, 2.0]]))
+    assert rows.tolist() == [0, 1] and cols.tolist() == [1, 0]
+    with pytest.raises(NonFiniteCostError, match="1 of 4 matching costs"):
+        optimal_assignment(torch.tensor([[1.0, math.inf], [0.0, 1.0]]))
 
 
 def test_num_people_single_process_is_clamped():

@@ -99,6 +99,23 @@ def test_non_finite_loss_stops_training_before_the_step(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+def test_real_divergence_stops_with_the_diverged_outputs_named(tmp_path):
+    """A learning rate far too high without clipping (as `SOLVER.BASE_LR 0.5` on the tiny config)
+    makes the weights NaN within a few steps: training stops naming the iteration and outputs,
+    before scipy's Hungarian matching fails on NaN costs."""
+    cfg = tiny_training_config(tmp_path / "data", tmp_path / "out", [
+        "SOLVER.MAX_ITER", "20", "DATASETS.TEST", "()", "SOLVER.BASE_LR", "1e3",
+        "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
+    ])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(FloatingPointError, match=(
+        r"^Non-finite predictions at iteration \d+: the last decoder layer's outputs "
+        r"\(pred_logits has \d+ of 40 values NaN/inf, pred_keypoints has \d+ of \d+ values"
+    )):
+        trainer.train()
+
+
 def test_learning_benchmark_writes_curve_and_drawings(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO_ROOT / "tools" / "benchmarks"))
     import learn_synthetic

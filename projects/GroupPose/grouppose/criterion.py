@@ -5,14 +5,15 @@ the same with suffix `_{i}` for earlier decoder layer i (`aux_outputs[i]`) and `
 encoder (two-stage) prediction. Each set of predictions gets its own Hungarian matching.
 """
 
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
+from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
-from grouppose.matcher import HungarianMatcher
+from grouppose.matcher import HungarianMatcher, NonFiniteCostError
 from grouppose.oks import as_sigmas, keypoint_similarity
 
 DEFAULT_LOSS_WEIGHTS = {"loss_cls": 2.0, "loss_keypoints": 10.0, "loss_oks": 4.0}
@@ -22,6 +23,51 @@ _FOCAL_GAMMA = 2.0
 _MIN_OKS = 1e-6
 
 Matches = List[Tuple[Tensor, Tensor]]
+NamedPredictions = List[Tuple[str, Mapping[str, Tensor]]]
+
+DIVERGENCE_ADVICE = (
+    "Training stopped before the optimizer step; resume from the last checkpoint with --resume "
+    "after fixing the cause (e.g. a lower SOLVER.BASE_LR or SOLVER.CLIP_GRADIENTS)."
+)
+
+
+class NonFinitePredictionError(FloatingPointError):
+    """Training diverged: predictions, and so their matching costs, are NaN or infinite."""
+
+
+def describe_non_finite(predictions: Mapping[str, object]) -> str:
+    """E.g. "pred_keypoints has 340 of 340 values NaN/inf" for the tensors of ``predictions``
+    that are not finite; "finite predictions, but too large" when all are finite."""
+    tensors = {name: t for name, t in predictions.items() if isinstance(t, Tensor)}
+    counts = {name: int((~torch.isfinite(t)).sum()) for name, t in tensors.items()}
+    bad = [f"{name} has {count} of {tensors[name].numel()} values NaN/inf"
+           for name, count in counts.items() if count]
+    return ", ".join(bad) or "finite predictions, but too large"
+
+
+def match_each(
+    named_predictions: NamedPredictions, match: Callable[[Mapping[str, Tensor]], Matches]
+) -> Tuple[Dict[str, Matches], List[str]]:
+    """Match every named set of predictions.
+
+    Returns:
+        the matches by name, and descriptions of the sets whose matching cost was not finite
+        (reported, not raised, so that ``num_people_across_workers`` stops every worker).
+    """
+    matches, diverged = {}, []
+    for name, predictions in named_predictions:
+        try:
+            matches[name] = match(predictions)
+        except NonFiniteCostError:
+            diverged.append(f"{name} ({describe_non_finite(predictions)})")
+    return matches, diverged
+
+
+def _training_iteration() -> str:
+    try:
+        return f" at iteration {get_event_storage().iter}"
+    except AssertionError:  # not called by a trainer
+        return ""
 
 
 def build_targets(
@@ -59,19 +105,47 @@ def expand_weight_dict(base_weights: Mapping[str, float], num_aux_outputs: int) 
     return {name + suffix: weight for suffix in suffixes for name, weight in base_weights.items()}
 
 
-def num_people_across_workers(targets: List[Dict[str, Tensor]], device: torch.device) -> float:
+def num_people_across_workers(
+    targets: List[Dict[str, Tensor]], device: torch.device, diverged: Sequence[str] = ()
+) -> float:
     """Average number of people per worker, at least 1 (the loss normaliser).
 
     Averaging (all-reduce sum / world size) keeps every worker's losses on the same scale, as the
-    official DETR-family training does.
+    official DETR-family training does. The same all-reduce tells every worker whether any
+    worker's predictions diverged, so that all stop together.
+
+    Args:
+        diverged: descriptions of this worker's predictions whose matching cost is not finite
+            (see ``match_each``).
+
+    Raises:
+        NonFinitePredictionError on every worker when any worker reports ``diverged``.
     """
-    count = torch.tensor(
-        [float(sum(t["keypoints"].shape[0] for t in targets))], dtype=torch.float32, device=device
-    )
+    people = float(sum(t["keypoints"].shape[0] for t in targets))
+    values = torch.tensor([people, float(bool(diverged))], dtype=torch.float32, device=device)
+    world_size = 1
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(count)
-        count = count / dist.get_world_size()
-    return count.clamp(min=1).item()
+        world_size = dist.get_world_size()
+        dist.all_reduce(values)
+    count, diverged_workers = values.cpu().tolist()
+    if diverged_workers:
+        others = int(diverged_workers) - bool(diverged)
+        where = "; ".join(diverged) or "on another worker"
+        if diverged and others:
+            where += f" (and on {others} other worker(s))"
+        raise NonFinitePredictionError(
+            f"Non-finite predictions{_training_iteration()}: {where}. {DIVERGENCE_ADVICE}"
+        )
+    return max(count / world_size, 1.0)
+
+
+def output_name(suffix: str) -> str:
+    """The prediction a loss-name suffix stands for, in words, for messages."""
+    if suffix == "":
+        return "the last decoder layer's outputs"
+    if suffix == INTERM_SUFFIX:
+        return "the encoder's (two-stage) interm_outputs"
+    return f"decoder aux_outputs[{suffix[1:]}]"
 
 
 class SetCriterion(nn.Module):
@@ -134,12 +208,20 @@ class SetCriterion(nn.Module):
 
         Returns:
             unweighted scalar losses by name (see the module docstring).
+
+        Raises:
+            NonFinitePredictionError naming the outputs when predictions diverged.
         """
-        num_people = num_people_across_workers(targets, outputs["pred_logits"].device)
+        named = self.named_predictions(outputs)
+        matches, diverged = match_each(
+            [(output_name(suffix), predictions) for suffix, predictions in named],
+            lambda predictions: self.matcher(predictions, targets),
+        )
+        num_people = num_people_across_workers(targets, outputs["pred_logits"].device, diverged)
         losses = {}
-        for suffix, predictions in self.named_predictions(outputs):
-            matches = self.matcher(predictions, targets)
-            for name, value in self.losses(predictions, targets, matches, num_people).items():
+        for suffix, predictions in named:
+            image_matches = matches[output_name(suffix)]
+            for name, value in self.losses(predictions, targets, image_matches, num_people).items():
                 losses[name + suffix] = value
         return losses
 

@@ -9,7 +9,6 @@ extent of their labeled keypoints.
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.ops import (
     box_convert,
@@ -18,8 +17,8 @@ from torchvision.ops import (
     sigmoid_focal_loss,
 )
 
-from grouppose.criterion import num_people_across_workers
-from grouppose.matcher import focal_class_cost
+from grouppose.criterion import match_each, num_people_across_workers
+from grouppose.matcher import focal_class_cost, optimal_assignment
 
 _FOCAL_GAMMA = 2.0
 DETECTION_LOSS_NAMES = ("loss_det_cls", "loss_det_bbox", "loss_det_giou")
@@ -97,9 +96,7 @@ class DetectionCriterion(nn.Module):
             cost = (self.cost_class * focal_class_cost(image_logits, self.focal_alpha)[:, None]
                     + self.cost_box_l1 * torch.cdist(image_boxes, target_boxes, p=1)
                     - self.cost_giou * giou)
-            rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
-            matches.append((torch.as_tensor(rows, dtype=torch.int64),
-                            torch.as_tensor(cols, dtype=torch.int64)))
+            matches.append(optimal_assignment(cost))
         return matches
 
     def forward(
@@ -115,11 +112,18 @@ class DetectionCriterion(nn.Module):
         Returns:
             unweighted scalar losses by name (see the module docstring).
         """
-        num_people = num_people_across_workers(targets, logits[0].device)
+        matches, diverged = match_each(
+            [(f"detection layer {layer}", {"pred_logits": layer_logits, "pred_boxes": layer_boxes})
+             for layer, (layer_logits, layer_boxes) in enumerate(zip(logits, boxes))],
+            lambda predictions: self.match(
+                predictions["pred_logits"], predictions["pred_boxes"], targets
+            ),
+        )
+        num_people = num_people_across_workers(targets, logits[0].device, diverged)
         losses = {}
         for layer, (layer_logits, layer_boxes) in enumerate(zip(logits, boxes)):
-            matches = self.match(layer_logits, layer_boxes, targets)
-            values = self.layer_losses(layer_logits, layer_boxes, targets, matches, num_people)
+            values = self.layer_losses(layer_logits, layer_boxes, targets,
+                                       matches[f"detection layer {layer}"], num_people)
             losses.update({f"{name}_{layer}": value for name, value in values.items()})
         return losses
 

@@ -13,6 +13,35 @@ _LOG_EPS = 1e-8
 _FOCAL_GAMMA = 2.0
 
 
+class NonFiniteCostError(FloatingPointError):
+    """A matching cost is NaN or infinite: the predictions it was computed from diverged."""
+
+
+def optimal_assignment(cost: Tensor) -> Tuple[Tensor, Tensor]:
+    """The one-to-one assignment of least total cost (Hungarian algorithm, scipy).
+
+    Args:
+        cost: (Q, n) cost of assigning query q to target t.
+
+    Returns:
+        (query indices (m,), target indices (m,)), int64 on the CPU, m = min(Q, n), ordered by
+        query index.
+
+    Raises:
+        NonFiniteCostError when a cost is NaN or infinite (scipy would fail with "matrix
+        contains invalid numeric entries").
+    """
+    cost = cost.float().cpu()
+    finite = torch.isfinite(cost)
+    if not finite.all():
+        raise NonFiniteCostError(
+            f"{int((~finite).sum())} of {cost.numel()} matching costs are NaN or infinite"
+        )
+    query_indices, target_indices = linear_sum_assignment(cost.numpy())
+    return (torch.as_tensor(query_indices, dtype=torch.int64),
+            torch.as_tensor(target_indices, dtype=torch.int64))
+
+
 def focal_class_cost(logits: Tensor, alpha: float, gamma: float = _FOCAL_GAMMA) -> Tensor:
     """Cost of calling each query a person: focal loss if positive minus focal loss if negative.
 
@@ -84,6 +113,9 @@ class HungarianMatcher(nn.Module):
         Returns:
             B pairs (query indices (m,), target indices (m,)), int64 on the CPU, m = min(N, n),
             ordered by query index.
+
+        Raises:
+            NonFiniteCostError when the predictions make a cost NaN or infinite.
         """
         logits = outputs["pred_logits"]
         pred_keypoints = outputs["pred_keypoints"]
@@ -124,7 +156,4 @@ class HungarianMatcher(nn.Module):
         if target["keypoints"].shape[0] == 0:
             empty = torch.zeros(0, dtype=torch.int64)
             return empty, empty.clone()
-        cost = self.cost_matrix(logits, pred_keypoints, target)
-        query_indices, target_indices = linear_sum_assignment(cost.float().cpu().numpy())
-        return (torch.as_tensor(query_indices, dtype=torch.int64),
-                torch.as_tensor(target_indices, dtype=torch.int64))
+        return optimal_assignment(self.cost_matrix(logits, pred_keypoints, target))

@@ -3,7 +3,8 @@
 Detectron2 checks only the *sum* of the losses, on the main process, and its message lists every
 term. Here every worker checks every term after the backward pass and before the optimizer step
 (so the weights stay finite), the workers agree, and all stop with the names of the offending
-terms and the iteration.
+terms and the iteration. Predictions that diverge so far that the Hungarian matching cannot run
+stop earlier, in the criterion (``grouppose.criterion.NonFinitePredictionError``).
 """
 
 import math
@@ -12,6 +13,8 @@ from typing import Dict, Mapping, Type
 import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
+
+from grouppose.criterion import DIVERGENCE_ADVICE
 
 __all__ = ["NonFiniteLossError", "check_losses_finite", "training_step_class"]
 
@@ -46,9 +49,7 @@ def check_losses_finite(loss_dict: Mapping[str, torch.Tensor], iteration: int) -
     ]
     if bad:
         raise NonFiniteLossError(
-            f"Non-finite loss at iteration {iteration}: {', '.join(bad)}. Training stopped before "
-            "the optimizer step; resume from the last checkpoint with --resume after fixing the "
-            "cause (e.g. a lower SOLVER.BASE_LR or SOLVER.CLIP_GRADIENTS)."
+            f"Non-finite loss at iteration {iteration}: {', '.join(bad)}. {DIVERGENCE_ADVICE}"
         )
 
 
