@@ -4,7 +4,10 @@
         --input photos/ "more/*.jpg" --output vis/ --opts MODEL.WEIGHTS model.pth
     python demo.py --config-file ... --video-input clip.mp4 --output clip_poses.mp4 --opts ...
 
-Without --output the results are shown in a window (needs OpenCV with GUI support).
+Without --output the results are shown in a window (needs OpenCV with GUI support). MODEL.WEIGHTS
+must be a trained Group Pose checkpoint (convert an official one with
+tools/convert_official_checkpoint.py); it is read without running code from it unless
+--trust-pickle is given.
 """
 
 import argparse
@@ -12,12 +15,13 @@ import contextlib
 import glob
 import os
 import sys
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Sequence
 
 import cv2
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
+from grouppose.checkpoint import add_trust_pickle_argument
 from grouppose.image_io import IMAGE_EXTENSIONS, read_image
 from grouppose.predictor import GroupPosePredictor
 from grouppose.visualization import VisualizationDemo
@@ -27,6 +31,8 @@ _ESC_KEY = 27
 # Used when a video does not report its frame rate.
 _DEFAULT_FPS = 30.0
 _GLOB_CHARACTERS = "*?["
+# The video writer encodes MPEG-4 part 2 ("mp4v"), which goes in an .mp4 file.
+VIDEO_EXTENSIONS = (".mp4",)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -39,12 +45,16 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--output",
-        help="folder (or, for a single image or a video, file) to save the drawings to; "
-        "if not given, they are shown in a window",
+        help="where to save the drawings: a folder (an existing one, or a name ending with '/' "
+        "or without an extension, created), or, for a single image, a file ending with an image "
+        f"extension ({', '.join(IMAGE_EXTENSIONS)}) and, for a video, a file ending with "
+        f"{', '.join(VIDEO_EXTENSIONS)}; checked before inference. If not given, the drawings "
+        "are shown in a window",
     )
     parser.add_argument(
         "--confidence-threshold", type=float, default=0.5, help="minimum score of a drawn pose"
     )
+    add_trust_pickle_argument(parser)
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
     )
@@ -72,10 +82,25 @@ def expand_inputs(patterns: Iterable[str]) -> List[str]:
     return paths
 
 
+def output_is_folder(output: str) -> bool:
+    """Whether ``--output`` names a folder: an existing one, or a name ending with a separator
+    or without an extension (created when needed)."""
+    return os.path.isdir(output) or output.endswith(os.sep) or not os.path.splitext(output)[1]
+
+
+def check_output_file(output: str, extensions: Sequence[str], what: str) -> None:
+    """Refuse, before any inference, an ``--output`` file OpenCV cannot write ``what`` to."""
+    if os.path.splitext(output)[1].lower() not in extensions:
+        raise ValueError(
+            f"--output '{output}': a {what} file must end with {', '.join(extensions)} "
+            "(or give a folder)"
+        )
+
+
 def image_output_path(output: str, input_path: str, num_inputs: int) -> str:
-    """Where to save the drawing of ``input_path``: inside ``output`` when it is a folder (an
-    existing one, one ending with a separator, or any when there are several inputs)."""
-    if num_inputs > 1 or os.path.isdir(output) or output.endswith(os.sep):
+    """Where to save the drawing of ``input_path``: inside ``output`` when it is a folder (see
+    ``output_is_folder``, or any name when there are several inputs), else ``output``."""
+    if num_inputs > 1 or output_is_folder(output):
         os.makedirs(output, exist_ok=True)
         return os.path.join(output, os.path.basename(input_path))
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -122,7 +147,7 @@ def run_on_images(demo: VisualizationDemo, paths: List[str], output: Optional[st
             f"{path}: {len(result.instances)} people in {result.latency * 1000:.0f} ms"
         )
         if output:
-            cv2.imwrite(image_output_path(output, path, len(paths)), result.visualization)
+            write_image(image_output_path(output, path, len(paths)), result.visualization)
         elif not show(result.visualization):
             break
     if unreadable:
@@ -130,6 +155,11 @@ def run_on_images(demo: VisualizationDemo, paths: List[str], output: Optional[st
               file=sys.stderr)
         return 1
     return 0
+
+
+def write_image(path: str, image) -> None:
+    if not cv2.imwrite(path, image):
+        raise ValueError(f"cannot write image '{path}' (is its folder writable?)")
 
 
 def open_video(source) -> cv2.VideoCapture:
@@ -143,10 +173,12 @@ def open_video(source) -> cv2.VideoCapture:
 
 
 def video_output_path(output: str, input_path: str) -> str:
-    """``output`` itself, or ``<output>/<input name>.mp4`` when ``output`` is a folder."""
-    if os.path.isdir(output) or output.endswith(os.sep):
+    """``output`` itself, or ``<output>/<input name>.mp4`` when ``output`` is a folder (see
+    ``output_is_folder``)."""
+    if output_is_folder(output):
         os.makedirs(output, exist_ok=True)
-        return os.path.join(output, os.path.splitext(os.path.basename(input_path))[0] + ".mp4")
+        name = os.path.splitext(os.path.basename(input_path))[0] + VIDEO_EXTENSIONS[0]
+        return os.path.join(output, name)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     return output
 
@@ -188,8 +220,20 @@ def open_video_writer(path: str, fps: float, frame_shape) -> cv2.VideoWriter:
     height, width = frame_shape[:2]
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
-        raise ValueError(f"cannot write video '{path}'")
+        raise ValueError(
+            f"cannot write video '{path}': OpenCV could not open an MPEG-4 (mp4v) writer there "
+            "(is its folder writable? does this OpenCV build have video encoders?)"
+        )
     return writer
+
+
+def check_output(output: Optional[str], paths: List[str], video: Optional[str]) -> None:
+    """Refuse an ``--output`` file that cannot hold the results before the model is built."""
+    if output and not output_is_folder(output):
+        if video:
+            check_output_file(output, VIDEO_EXTENSIONS, "video")
+        elif len(paths) == 1:
+            check_output_file(output, IMAGE_EXTENSIONS, "image")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -205,8 +249,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         paths = expand_inputs(args.input) if args.input else []
+        check_output(args.output, paths, args.video_input)
         predictor = GroupPosePredictor(
-            args.config_file, score_threshold=args.confidence_threshold, opts=args.opts
+            args.config_file, score_threshold=args.confidence_threshold, opts=args.opts,
+            trust_pickle=args.trust_pickle,
         )
         demo = VisualizationDemo(predictor)
         if args.input:

@@ -6,20 +6,26 @@
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
     python train_net.py --config-file configs/Synthetic/grouppose_tiny.yaml MODEL.DEVICE cpu
 
-Without CUDA, ``--num-gpus N`` starts N CPU processes joined with gloo.
+Without CUDA, ``--num-gpus N`` starts N CPU processes joined with gloo, and a CUDA
+``MODEL.DEVICE`` falls back to the CPU with a warning. Weights files are read without running
+code from them (``grouppose.checkpoint.SafeCheckpointer``) unless ``--trust-pickle`` is given.
 """
 
-from detectron2.checkpoint import DetectionCheckpointer
+import grouppose  # noqa: F401  (first: it quiets a warning of Detectron2's imports)
+
+# isort: split
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 
-from grouppose.config import get_grouppose_cfg
+from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
+from grouppose.config import fall_back_to_cpu, get_grouppose_cfg
 from grouppose.engine import Trainer, launch
 
 
 def setup(args) -> CfgNode:
     """The frozen config of --config-file and the trailing KEY VALUE overrides."""
     cfg = get_grouppose_cfg(args.config_file, args.opts)
+    fall_back_to_cpu(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -29,17 +35,24 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        SafeCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, trust_pickle=args.trust_pickle
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, trust_pickle=args.trust_pickle)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
+def get_parser():
+    """Detectron2's training arguments and ``--trust-pickle``."""
+    parser = default_argument_parser()
+    add_trust_pickle_argument(parser)
+    return parser
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = get_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,

@@ -1,6 +1,7 @@
 """demo.py: images, folders, globs and videos in; drawn skeletons, counts and latency out."""
 
 import importlib.util
+import os
 import re
 
 import cv2
@@ -175,3 +176,49 @@ def test_exactly_one_source_is_required(config_file, tmp_path):
         run_demo(config_file, "--output", str(tmp_path))
     with pytest.raises(SystemExit):
         run_demo(config_file, "--input", "x.png", "--video-input", "y.mp4")
+
+
+def test_single_image_output_without_extension_is_a_folder(config_file, tmp_path):
+    image_file = tmp_path / "person.png"
+    cv2.imwrite(str(image_file), random_bgr(48, 64))
+    output = tmp_path / "drawn"
+    assert run_demo(config_file, "--input", str(image_file), "--output", str(output)) == 0
+    assert [p.name for p in output.iterdir()] == ["person.png"]
+
+
+@pytest.mark.parametrize("source", ["image", "video"])
+def test_output_file_that_cannot_hold_the_result_is_refused_before_inference(
+    config_file, tmp_path, capsys, source
+):
+    """Refused before the model is built: the weights named here do not even exist."""
+    input_file = tmp_path / ("person.png" if source == "image" else "clip.avi")
+    input_file.write_bytes(b"")
+    output = tmp_path / "result.txt"
+    flag = "--input" if source == "image" else "--video-input"
+    status = run_demo(config_file, flag, str(input_file), "--output", str(output),
+                      "--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth"))
+    assert status == 1
+    expected = ".jpg" if source == "image" else ".mp4"
+    assert re.search(rf"--output '.*result.txt': a {source} file must end with .*\{expected}",
+                     capsys.readouterr().err)
+
+
+def test_video_writer_failure_says_why(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot write video .*MPEG-4.*writable"):
+        demo.open_video_writer(str(tmp_path / "no_such_folder" / "out.mp4"), 5.0, (48, 48, 3))
+
+
+def test_untrained_weights_are_refused_with_how_to_get_a_model(config_file, tmp_path, capsys):
+    """A config's backbone-only weights (as the ImageNet ones the training configs start
+    from) do not make a pose estimator: the demo says so instead of drawing random poses."""
+    image_file = tmp_path / "person.png"
+    cv2.imwrite(str(image_file), random_bgr(48, 64))
+    state = torch.load(os.path.join(os.path.dirname(config_file), "tiny_model.pth"))["model"]
+    backbone_only = tmp_path / "backbone.pth"
+    torch.save({k: v for k, v in state.items() if k.startswith("backbone.")}, backbone_only)
+    status = run_demo(config_file, "--input", str(image_file), "--output", str(tmp_path / "o"),
+                      "--opts", "MODEL.WEIGHTS", str(backbone_only))
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "is not a trained Group Pose model" in error
+    assert "tools/convert_official_checkpoint.py" in error

@@ -18,7 +18,12 @@ from typing import List, Optional
 
 import torch
 
-from grouppose.checkpoint import convert_imagenet_swin, detectron2_checkpoint
+from grouppose.checkpoint import (
+    add_trust_pickle_argument,
+    convert_imagenet_swin,
+    detectron2_checkpoint,
+    read_weights_file,
+)
 from grouppose.config import get_grouppose_cfg
 
 _AUTHOR = "ImageNet Swin Transformer weights, converted"
@@ -29,6 +34,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("input", help="ImageNet Swin checkpoint ({'model': state_dict})")
     parser.add_argument("output", help="Detectron2 checkpoint to write")
     parser.add_argument("--config-file", default="", help="target config; refuse on mismatch")
+    add_trust_pickle_argument(parser)
     parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
     return parser.parse_intermixed_args(argv)
 
@@ -36,14 +42,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     cfg = get_grouppose_cfg(args.config_file, args.opts) if args.config_file or args.opts else None
-    checkpoint = torch.load(args.input, map_location="cpu", weights_only=True)
-    state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state_dict, dict):
-        print(f"error: {args.input}: expected a dict checkpoint", file=sys.stderr)
-        return 1
     try:
+        checkpoint = read_weights_file(args.input, args.trust_pickle)
+        state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{args.input}: expected a dict checkpoint")
         converted, dropped = convert_imagenet_swin(state_dict, cfg)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     output = detectron2_checkpoint(converted)

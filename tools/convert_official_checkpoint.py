@@ -16,6 +16,7 @@ from typing import List, Optional
 import torch
 
 from grouppose.checkpoint import (
+    add_trust_pickle_argument,
     convert_official_checkpoint,
     detectron2_checkpoint,
     load_official_state_dict,
@@ -28,10 +29,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("input", help="official checkpoint ({'model': state_dict})")
     parser.add_argument("output", help="Detectron2 checkpoint to write")
     parser.add_argument("--config-file", default="", help="target config; refuse on mismatch")
-    parser.add_argument(
-        "--trust-pickle", action="store_true",
-        help="load the input with weights_only=False (only for trusted files)",
-    )
+    add_trust_pickle_argument(parser)
     parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
     return parser.parse_intermixed_args(argv)
 
@@ -42,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         state_dict = load_official_state_dict(args.input, trust_pickle=args.trust_pickle)
         converted, report = convert_official_checkpoint(state_dict, cfg)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     torch.save(detectron2_checkpoint(converted), args.output)

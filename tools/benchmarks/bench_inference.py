@@ -26,12 +26,15 @@ from contextlib import ExitStack
 from typing import Callable, Dict, List, Optional, Tuple
 from unittest import mock
 
+import grouppose  # noqa: F401  (first: it quiets a warning of Detectron2's imports)
+
+# isort: split
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
+from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
 from grouppose.export import GroupPoseExportModule
 from grouppose.layers import ms_deform_attn_reference
 from grouppose.predictor import build_inference_config
@@ -84,6 +87,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="FILE", help="also write all results to FILE")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides: KEY VALUE pairs")
+    add_trust_pickle_argument(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one configuration, as JSON
     return parser
 
@@ -225,7 +229,7 @@ def run_worker(spec: Dict) -> Dict:
                                  spec["opts"])
     device = torch.device(cfg.MODEL.DEVICE)
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    SafeCheckpointer(model, trust_pickle=spec["trust_pickle"]).load(cfg.MODEL.WEIGHTS)
     height, width = spec["size"]
     image = torch.rand((3, height, width), generator=torch.Generator().manual_seed(0)) * 255
     image = image.to(device)
@@ -298,6 +302,7 @@ def run_configuration(args, size: List[int], op: str, dtype: str, flops: bool) -
         "config_file": args.config_file, "weights": args.weights, "device": args.device,
         "opts": args.opts, "size": size, "op": op, "dtype": dtype, "warmup": args.warmup,
         "runs": args.runs, "flops": flops, "threads": args.threads,
+        "trust_pickle": args.trust_pickle,
     }
     label = f"{size[0]}x{size[1]} {op} op {dtype}"
     print(f"running {label} ...", file=sys.stderr, flush=True)

@@ -22,6 +22,9 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+import grouppose  # noqa: F401  (first: it quiets a warning of Detectron2's imports)
+
+# isort: split
 import cv2
 import torch
 from detectron2.config import CfgNode
@@ -30,6 +33,7 @@ from detectron2.engine import HookBase, hooks
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
+from grouppose.checkpoint import add_trust_pickle_argument
 from grouppose.config import get_grouppose_cfg
 from grouppose.engine import Trainer
 from grouppose.visualization import draw_poses
@@ -57,6 +61,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="draw the predictions on the first N validation images")
     parser.add_argument("--draw-threshold", type=float, default=0.3,
                         help="draw poses scoring above this")
+    add_trust_pickle_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE overrides")
     return parser.parse_args(argv)
 
@@ -191,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
         f.write(cfg.dump())
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
-    trainer = BenchmarkTrainer(cfg)
+    trainer = BenchmarkTrainer(cfg, trust_pickle=args.trust_pickle)
     trainer.resume_or_load(resume=False)
     trainer.train()
     markdown = write_learning_curve(trainer.learning_curve.rows, cfg.OUTPUT_DIR)

@@ -7,7 +7,9 @@
 
 ``predict`` builds the model on every call; for many images build a ``GroupPosePredictor`` once
 and call it per image. Both run Detectron2's ``DefaultPredictor`` (resizing to
-``INPUT.MIN/MAX_SIZE_TEST``, colour order from ``INPUT.FORMAT``, weights from ``MODEL.WEIGHTS``).
+``INPUT.MIN/MAX_SIZE_TEST``, colour order from ``INPUT.FORMAT``) with the weights of
+``MODEL.WEIGHTS`` read by ``SafeCheckpointer`` (no code runs from a weights file unless
+``trust_pickle``); they must be a trained Group Pose checkpoint.
 """
 
 import os
@@ -20,10 +22,14 @@ from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 from detectron2.structures import Instances
 
-from grouppose.config import get_grouppose_cfg
+from grouppose.checkpoint import SafeCheckpointer
+from grouppose.config import fall_back_to_cpu, get_grouppose_cfg
 from grouppose.image_io import as_bgr_uint8, read_image
 
-__all__ = ["GroupPosePredictor", "PosePrediction", "build_inference_config", "predict"]
+__all__ = [
+    "GroupPosePredictor", "PosePrediction", "build_inference_config", "load_trained_weights",
+    "predict",
+]
 
 ConfigLike = Union[str, os.PathLike, CfgNode]
 ImageLike = Union[str, os.PathLike, np.ndarray]
@@ -66,10 +72,42 @@ def build_inference_config(
         cfg.MODEL.WEIGHTS = os.fspath(weights)
     if device is not None:
         cfg.MODEL.DEVICE = device
-    elif cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    else:
+        fall_back_to_cpu(cfg)
     cfg.freeze()
     return cfg
+
+
+_TRAINED_MODEL_HINT = (
+    "inference needs a trained Group Pose checkpoint: convert an official one with "
+    "tools/convert_official_checkpoint.py (README, 'Official checkpoints') or train one with "
+    "train_net.py, then pass it as MODEL.WEIGHTS"
+)
+
+
+def load_trained_weights(model: torch.nn.Module, weights: str, trust_pickle: bool = False) -> None:
+    """Load a trained Group Pose checkpoint into ``model``, safely (see ``SafeCheckpointer``).
+
+    Raises:
+        ValueError when ``weights`` is empty, cannot be fetched, or does not hold every weight of
+        the model (e.g. the ImageNet backbone a training config starts from), saying how to get
+        a trained checkpoint. UnsafeCheckpointError (a ValueError) for a file that could run code.
+    """
+    if not weights:
+        raise ValueError(f"MODEL.WEIGHTS is empty; {_TRAINED_MODEL_HINT}")
+    checkpointer = SafeCheckpointer(model, trust_pickle=trust_pickle)
+    try:
+        checkpointer.load(weights)
+    except OSError as e:  # a missing file, or a URL that cannot be fetched (offline)
+        raise ValueError(f"cannot read MODEL.WEIGHTS '{weights}' ({e}); {_TRAINED_MODEL_HINT}") \
+            from e
+    missing = checkpointer.incompatible_keys.missing_keys
+    if missing:
+        total = len(model.state_dict())
+        raise ValueError(
+            f"MODEL.WEIGHTS '{weights}' is not a trained Group Pose model: {len(missing)} of its "
+            f"{total} weights are missing (e.g. {missing[0]}); {_TRAINED_MODEL_HINT}"
+        )
 
 
 class GroupPosePredictor:
@@ -82,6 +120,11 @@ class GroupPosePredictor:
         score_threshold: when given, overrides ``MODEL.GROUP_POSE.TEST_SCORE_THRESH``: only
             poses scoring above it are kept (of the ``MODEL.GROUP_POSE.TEST_TOPK`` best).
         opts: ``KEY VALUE`` config overrides.
+        trust_pickle: read the weights with plain pickle (runs any code they hold): only for
+            files from a trusted source.
+
+    Raises:
+        ValueError: see ``load_trained_weights``.
     """
 
     def __init__(
@@ -92,11 +135,18 @@ class GroupPosePredictor:
         device: Optional[str] = None,
         score_threshold: Optional[float] = None,
         opts: Sequence[str] = (),
+        trust_pickle: bool = False,
     ):
         if score_threshold is not None:
             opts = [*opts, "MODEL.GROUP_POSE.TEST_SCORE_THRESH", score_threshold]
         self.cfg = build_inference_config(config, weights, device, opts)
-        self._predictor = DefaultPredictor(self.cfg)
+        # DefaultPredictor would read MODEL.WEIGHTS with Detectron2's checkpointer, which runs
+        # any code a .pkl file holds: it gets none, and the weights are read safely here.
+        without_weights = self.cfg.clone()
+        without_weights.defrost()
+        without_weights.MODEL.WEIGHTS = ""
+        self._predictor = DefaultPredictor(without_weights)
+        load_trained_weights(self.model, self.cfg.MODEL.WEIGHTS, trust_pickle)
 
     @property
     def model(self) -> torch.nn.Module:

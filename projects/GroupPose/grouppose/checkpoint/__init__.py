@@ -11,6 +11,12 @@ from .official import (
     infer_architecture,
     load_official_state_dict,
 )
+from .safe_load import (
+    SafeCheckpointer,
+    UnsafeCheckpointError,
+    add_trust_pickle_argument,
+    read_weights_file,
+)
 from .swin import SwinArchitecture, convert_imagenet_swin
 
 __all__ = [
@@ -18,11 +24,15 @@ __all__ = [
     "BackboneMapping",
     "ConversionReport",
     "OfficialArchitecture",
+    "SafeCheckpointer",
     "SwinArchitecture",
+    "UnsafeCheckpointError",
+    "add_trust_pickle_argument",
     "check_architecture",
     "convert_imagenet_swin",
     "convert_official_checkpoint",
     "detectron2_checkpoint",
     "infer_architecture",
     "load_official_state_dict",
+    "read_weights_file",
 ]

@@ -13,7 +13,6 @@ Supported: torchvision ResNets (``backbone.0.body.*``) and Swin Transformers
 """
 
 import argparse
-import pickle
 import re
 from dataclasses import dataclass, fields
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
@@ -24,6 +23,7 @@ from torch import Tensor
 from grouppose.variants import DecoderVariant
 
 from .keys import count_layers
+from .safe_load import read_weights_file
 from .swin import (
     RELATIVE_POSITION_INDEX_REASON,
     SwinArchitecture,
@@ -393,21 +393,11 @@ CONVERTED_AUTHOR = "Group Pose official implementation (Michel-liu/GroupPose), c
 def load_official_state_dict(path: str, trust_pickle: bool = False) -> Dict[str, Tensor]:
     """The ``model`` state dict of an official checkpoint file.
 
-    Official checkpoints also pickle their training arguments (an ``argparse.Namespace``),
-    which ``torch.load(weights_only=True)`` accepts once allowed; anything else needs
-    ``trust_pickle`` (arbitrary code can run while unpickling: only for trusted files).
+    Official checkpoints also pickle their training arguments (an ``argparse.Namespace``), which
+    is allowed; anything else that is not a weight needs ``trust_pickle`` (arbitrary code can run
+    while unpickling: only for trusted files). See ``read_weights_file``.
     """
-    if trust_pickle:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    else:
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(
-                f"{path}: cannot be loaded with weights_only=True ({str(e).splitlines()[0]}); "
-                "if the file is trusted, load it with trust_pickle=True (--trust-pickle)"
-            ) from e
+    checkpoint = read_weights_file(path, trust_pickle, allowed_globals=[argparse.Namespace])
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
     state_dict = checkpoint.get("model", checkpoint)

@@ -6,7 +6,6 @@ import weakref
 from typing import Dict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
@@ -14,6 +13,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
+from grouppose.checkpoint import SafeCheckpointer
 from grouppose.data import GroupPoseDatasetMapper
 from grouppose.engine.data_stream import TrainingBatches
 from grouppose.engine.optimizer import build_optimizer
@@ -55,9 +55,10 @@ def wrap_distributed(model: nn.Module, cfg: CfgNode) -> nn.Module:
 class Trainer(DefaultTrainer):
     """DefaultTrainer with Group Pose's mapper, keypoint evaluators, the paper's optimizer, a
     resumable data stream, a non-finite-loss guard, checkpoints that include the optimizer (and
-    AMP grad scaler) state, and CPU multi-process training."""
+    AMP grad scaler) state, CPU multi-process training, and weights read without running code
+    from them unless ``trust_pickle`` (see ``SafeCheckpointer``)."""
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, cfg: CfgNode, *, trust_pickle: bool = False):
         # DefaultTrainer.__init__, with the guarded step and CPU-capable DDP.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
@@ -70,8 +71,8 @@ class Trainer(DefaultTrainer):
         model = wrap_distributed(model, cfg)
         self._trainer = training_step_class(cfg.SOLVER.AMP.ENABLED)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        self.checkpointer = SafeCheckpointer(
+            model, cfg.OUTPUT_DIR, trust_pickle=trust_pickle, trainer=weakref.proxy(self)
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER

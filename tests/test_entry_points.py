@@ -1,0 +1,62 @@
+"""What every command of ours shares: no import-time noise from third-party code, and a CUDA
+MODEL.DEVICE that falls back to the CPU (with one warning) where there is no CUDA, in training
+as in inference."""
+
+import logging
+import runpy
+import subprocess
+import sys
+
+import pytest
+import torch
+from tiny_grouppose import REPO_ROOT
+from training_utils import subprocess_env
+
+from grouppose.config import fall_back_to_cpu, get_grouppose_cfg
+from grouppose.predictor import build_inference_config
+
+ENTRY_POINTS = [
+    "train_net.py", "demo.py", "tools/convert_official_checkpoint.py",
+    "tools/convert_imagenet_swin.py", "tools/benchmarks/bench_inference.py",
+    "tools/benchmarks/learn_synthetic.py",
+]
+
+
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_no_torch_jit_script_warning_at_start(script):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"],
+                            capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "torch.jit.script" not in result.stderr
+
+
+def test_only_that_warning_is_silenced():
+    code = ("import warnings, grouppose\n"
+            "warnings.warn('`torch.jit.script` is deprecated', FutureWarning)\n"
+            "warnings.warn('something else', FutureWarning)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=subprocess_env())
+    assert "something else" in result.stderr
+    assert "torch.jit.script" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_falls_back_to_cpu_with_one_warning(caplog, tmp_path):
+    train_net = runpy.run_path(str(REPO_ROOT / "train_net.py"))
+    args = train_net["get_parser"]().parse_args(
+        ["--config-file", str(REPO_ROOT / "configs" / "Synthetic" / "grouppose_tiny.yaml"),
+         "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cuda"])
+    with caplog.at_level(logging.WARNING, logger="grouppose.config"):
+        cfg = train_net["setup"](args)
+    assert cfg.MODEL.DEVICE == "cpu"
+    warnings = [r for r in caplog.records if r.name == "grouppose.config"]
+    assert len(warnings) == 1 and "no CUDA device" in warnings[0].getMessage()
+    # The predictor's config takes the same path.
+    assert build_inference_config(get_grouppose_cfg("", ["MODEL.DEVICE", "cuda:0"])
+                                  ).MODEL.DEVICE == "cpu"
+
+
+def test_cpu_device_is_kept():
+    cfg = get_grouppose_cfg("", ["MODEL.DEVICE", "cpu"])
+    fall_back_to_cpu(cfg)
+    assert cfg.MODEL.DEVICE == "cpu"
