@@ -10,15 +10,26 @@ strategy that applies and prints which one it took:
 3. ``pypi``   -- build detectron2 0.6 from the registry sdist ``pb1-detectron2==0.6``. That
    sdist holds upstream v0.6's Python files but not its C++ sources, so its own build fails.
    We repackage the Python code alone as a distribution named ``detectron2`` (version
-   ``0.6+pypi.python.only``) with the sdist's own dependency list, after the minimal changes
-   that let it import without its C++ ops and under current Pillow:
+   ``0.6+pypi.python.only.<PATCH_REVISION>``) with the sdist's own dependency list, after the
+   minimal changes that let it import without its C++ ops and under current Pillow and
+   setuptools:
 
    * ``from detectron2 import _C`` (layers/, evaluation/fast_eval_api.py) becomes a guarded
      import that falls back to an object raising a clear error when a C++ op is called;
      ``COCOeval_opt`` falls back to pycocotools' ``COCOeval`` (same results, slower);
-   * ``Image.LINEAR`` (removed in Pillow 10; it was an alias) becomes ``Image.BILINEAR``.
+   * ``Image.LINEAR`` (removed in Pillow 10; it was an alias) becomes ``Image.BILINEAR``;
+   * ``model_zoo.get_config_file`` finds its configs with ``importlib.resources`` instead of
+     ``pkg_resources`` (no longer shipped by setuptools), the only use of ``pkg_resources``,
+     so ``from detectron2 import model_zoo`` imports;
+   * the model-zoo configs (``detectron2/model_zoo/configs/``: yaml and LazyConfig ``.py``,
+     all in the sdist) go into the wheel: ``setup.py`` collected them from a top-level
+     ``configs/`` that only a git checkout has, so the sdist's wheel had none. The built wheel
+     is checked to hold every one of them.
 
-   The built wheel is cached under ``.cache/detectron2/`` so that re-runs are instant.
+   The built wheel is cached under ``.cache/detectron2/``, named by its version, so that
+   re-runs are instant. ``PATCH_REVISION`` is part of that version: bumping it whenever these
+   changes change makes a new installer build a new wheel, and replace an installed build of
+   an older revision (which the ``keep`` strategy would otherwise keep).
 
 The environment is then checked by importing the modules GroupPose-D2 uses.
 """
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -37,6 +49,7 @@ import tarfile
 import tempfile
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -48,7 +61,14 @@ SDIST_VERSION = "0.6"
 SDIST_FILE = f"{SDIST_NAME}-{SDIST_VERSION}.tar.gz"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
-PYTHON_ONLY_VERSION = "0.6+pypi.python.only"
+# Bump PATCH_REVISION whenever the changes made to the sdist change: the version names the
+# cached wheel, so a stale wheel is not reused, and an installed older build is replaced.
+PATCH_REVISION = 2
+PYTHON_ONLY_PREFIX = "0.6+pypi.python.only"
+PYTHON_ONLY_VERSION = f"{PYTHON_ONLY_PREFIX}.{PATCH_REVISION}"
+
+# A model-zoo config that must resolve once installed (GroupPose's keypoint task's baseline).
+MODEL_ZOO_PROBE = "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml"
 
 # detectron2 needs OpenCV but leaves its installation to the user; headless suits servers and CI.
 OPENCV = "opencv-python-headless"
@@ -87,6 +107,23 @@ GUARDED_C_IMPORT = (
     "except ImportError:  # python-only build: C++ ops unavailable\n"
     "    from detectron2._python_only import MISSING_C_OPS as _C\n"
 )
+
+# model_zoo.get_config_file, before and after: importlib.resources (Python >= 3.9) locates the
+# package's data as pkg_resources did, without depending on setuptools at run time.
+MODEL_ZOO_REPLACEMENTS = {
+    "import pkg_resources\n": "import importlib.resources\n",
+    (
+        "    cfg_file = pkg_resources.resource_filename(\n"
+        '        "detectron2.model_zoo", os.path.join("configs", config_path)\n'
+        "    )\n"
+    ): (
+        "    # python-only build: setuptools no longer ships pkg_resources\n"
+        '    package = importlib.resources.files("detectron2.model_zoo")\n'
+        '    cfg_file = str(package / "configs" / config_path)\n'
+    ),
+}
+
+PKG_RESOURCES_USE = re.compile(r"^\s*(import|from) pkg_resources\b|\bpkg_resources\.", re.M)
 
 FAST_EVAL_FALLBACK = (
     "\n\n# python-only build: without the C++ fast path, use pycocotools' own implementation.\n"
@@ -151,20 +188,58 @@ def patch_python_only(package_dir: Path) -> list[str]:
     return changed
 
 
+def replace_exactly(path: Path, replacements: Mapping[str, str]) -> None:
+    """Apply literal replacements to a file, refusing one whose text is not there."""
+    text = path.read_text()
+    for old, new in replacements.items():
+        if old not in text:
+            raise RuntimeError(f"{path}: expected to find {old!r}; is this the 0.6 sdist?")
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+def patch_model_zoo(package_dir: Path) -> None:
+    """Make ``detectron2.model_zoo`` independent of ``pkg_resources``.
+
+    Args:
+        package_dir: the ``detectron2`` folder of the sdist.
+    """
+    replace_exactly(package_dir / "model_zoo" / "model_zoo.py", MODEL_ZOO_REPLACEMENTS)
+    # Another use would fail only when reached, so refuse to build rather than ship it.
+    users = [str(p.relative_to(package_dir)) for p in sorted(package_dir.rglob("*.py"))
+             if PKG_RESOURCES_USE.search(p.read_text())]
+    if users:
+        raise RuntimeError(f"pkg_resources is still used by {', '.join(users)}")
+
+
 def patch_setup_py(setup_py: Path) -> None:
-    """Rename the distribution to ``detectron2`` and drop its (absent) C++ extension."""
-    text = setup_py.read_text()
-    replacements = {
+    """Rename the distribution to ``detectron2``, drop its (absent) C++ extension and package
+    the model-zoo configs that the sdist holds under ``detectron2/model_zoo/configs/``."""
+    replace_exactly(setup_py, {
         'name="pb1-detectron2"': 'name="detectron2"',
         "version=get_version()": f'version="{PYTHON_ONLY_VERSION}"',
         "ext_modules=get_extensions(),": "",
         'cmdclass={"build_ext": torch.utils.cpp_extension.BuildExtension},': "",
-    }
-    for old, new in replacements.items():
-        if old not in text:
-            raise RuntimeError(f"{setup_py}: expected to find {old!r}; is this the 0.6 sdist?")
-        text = text.replace(old, new)
-    setup_py.write_text(text)
+        # get_model_zoo_configs() globs a top-level configs/, which only a git checkout has.
+        'package_data={"detectron2.model_zoo": get_model_zoo_configs()},':
+            'package_data={"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]},',
+    })
+
+
+def model_zoo_configs(package_dir: Path) -> set[str]:
+    """The wheel paths (``detectron2/model_zoo/configs/...``) of the sdist's model-zoo configs."""
+    configs = package_dir / "model_zoo" / "configs"
+    return {str(p.relative_to(package_dir.parent)) for p in configs.rglob("*")
+            if p.suffix in (".yaml", ".py")}
+
+
+def check_wheel_has(wheel: Path, expected: set[str]) -> None:
+    """Refuse a wheel that lacks some of ``expected`` (paths inside the wheel)."""
+    with zipfile.ZipFile(wheel) as archive:
+        missing = sorted(expected - set(archive.namelist()))
+    if missing:
+        raise RuntimeError(f"{wheel.name} lacks {len(missing)} model-zoo configs, e.g. "
+                           f"{missing[0]}")
 
 
 def download_sdist(dest: Path, index_url: Optional[str] = None) -> Path:
@@ -204,18 +279,52 @@ def build_python_only_wheel(cache_dir: Path) -> Path:
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(tmp_path, **safe)
         source = tmp_path / f"{SDIST_NAME}-{SDIST_VERSION}"
-        changed = patch_python_only(source / "detectron2")
+        package = source / "detectron2"
+        changed = patch_python_only(package)
+        patch_model_zoo(package)
+        changed.append("model_zoo/model_zoo.py")
         log(f"patched {len(changed)} files: {', '.join(changed)}")
         patch_setup_py(source / "setup.py")
         shutil.rmtree(source / "pb1_detectron2.egg-info", ignore_errors=True)
-        pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(cache_dir),
+        configs = model_zoo_configs(package)
+        # Built outside the cache, so that a failed check leaves no wheel to be reused.
+        pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
             str(source))
+        (wheel,) = (tmp_path / "dist").glob("*.whl")
+        check_wheel_has(wheel, configs)
+        log(f"the wheel holds the {len(configs)} model-zoo configs")
+        shutil.move(str(wheel), cache_dir / wheel.name)
     return cached_wheel(cache_dir)
 
 
 def cached_wheel(cache_dir: Path) -> Optional[Path]:
-    wheels = sorted(cache_dir.glob("detectron2-0.6+pypi.python.only-*.whl"))
+    """The cached wheel of this installer's version (PATCH_REVISION), if built already."""
+    wheels = sorted(cache_dir.glob(f"detectron2-{PYTHON_ONLY_VERSION}-*.whl"))
     return wheels[-1] if wheels else None
+
+
+def stale_python_only_build() -> Optional[str]:
+    """The installed detectron2's version if it is a python-only build of another revision."""
+    try:
+        version = importlib.metadata.version("detectron2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if version.startswith(PYTHON_ONLY_PREFIX) and version != PYTHON_ONLY_VERSION:
+        return version
+    return None
+
+
+def check_model_zoo(python: str = sys.executable) -> Optional[str]:
+    """Resolve a model-zoo config in a fresh interpreter; None when it works, else the error."""
+    code = (
+        "import os; from detectron2 import model_zoo; "
+        f"assert os.path.isfile(model_zoo.get_config_file({MODEL_ZOO_PROBE!r}))"
+    )
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit code {result.returncode}"
 
 
 def install(strategy: str, env: Mapping[str, str], cache_dir: Path) -> None:
@@ -247,9 +356,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     error = check_detectron2()
-    strategy = choose_strategy(os.environ, detectron2_usable=error is None)
+    stale = stale_python_only_build()
     if error is not None:
         log(f"detectron2 not usable here ({error})")
+    elif stale is not None:
+        log(f"detectron2 {stale} is a python-only build older than {PYTHON_ONLY_VERSION}")
+    strategy = choose_strategy(os.environ, detectron2_usable=error is None and stale is None)
     log(f"strategy: {strategy}")
     if args.dry_run:
         return 0
@@ -259,6 +371,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         log(f"FAILED: detectron2 is still not usable: {error}")
         return 1
     log("detectron2 OK: " + ", ".join(REQUIRED_MODULES) + " import")
+    if strategy == "pypi":  # the model zoo is what this build patches; other builds are theirs
+        error = check_model_zoo()
+        if error is not None:
+            log(f"FAILED: detectron2.model_zoo does not resolve {MODEL_ZOO_PROBE}: {error}")
+            return 1
+        log(f"detectron2.model_zoo OK: {MODEL_ZOO_PROBE} resolves")
     return 0
 
 
