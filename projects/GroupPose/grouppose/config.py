@@ -1,13 +1,18 @@
 """Group Pose config keys (``cfg.MODEL.GROUP_POSE.*``) and the Detectron2 defaults it needs."""
 
+import logging
+import math
 import os
-from typing import Optional, Sequence
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
+import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from torch import Tensor
 
+from grouppose.backbone.input_projection import GROUP_NORM_GROUPS
 from grouppose.oks import as_sigmas, default_oks_sigmas
+from grouppose.variants import DecoderVariant, config_key
 
 
 def add_grouppose_config(cfg: CfgNode) -> None:
@@ -45,7 +50,8 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     # Per-keypoint OKS sigmas (K values). Empty: the `kpt_oks_sigmas` of the metadata of
     # DATASETS.TRAIN[0] (else TEST[0]), else the standard ones for K = 17 (COCO) / 14 (CrowdPose).
     gp.OKS_SIGMAS = []
-    # Inference: keep the TEST_TOPK highest-scoring persons with score > TEST_SCORE_THRESH.
+    # Inference: keep the TEST_TOPK highest-scoring persons with score > TEST_SCORE_THRESH
+    # (at most NUM_INSTANCES: the model predicts no more).
     gp.TEST_TOPK = 50
     gp.TEST_SCORE_THRESH = 0.0
     # Ablation switches (paper Table 4, Appendix A); the defaults are the paper's model. Their
@@ -141,6 +147,103 @@ def get_grouppose_cfg(config_file: str = "", opts: Sequence = ()) -> CfgNode:
     return cfg
 
 
+class _Rule(NamedTuple):
+    """What a config value must be: ``description`` completes "KEY must be ..."."""
+
+    description: str
+    accepts: Callable[[Any], bool]
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, but True as a layer count is a mistake, not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _is_list(value: Any) -> bool:
+    # YAML lists load as lists, Python configs may use tuples.
+    return isinstance(value, (list, tuple))
+
+
+def _integer(minimum: int) -> _Rule:
+    return _Rule(f"an integer >= {minimum}", lambda v: _is_int(v) and v >= minimum)
+
+
+_NON_NEGATIVE = _Rule("a finite number >= 0", lambda v: _is_number(v) and v >= 0)
+_UNIT_INTERVAL = _Rule("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1)
+
+# MODEL.GROUP_POSE.<KEY> -> its rule. The ablation switches (SELF_ATTN ... SCORE_FROM) are
+# checked by grouppose.variants.DecoderVariant, which also knows their valid combinations.
+_RULES: Dict[str, _Rule] = {
+    "NUM_INSTANCES": _integer(1),
+    "NUM_KEYPOINTS": _integer(1),
+    "HIDDEN_DIM": _Rule(
+        f"a positive multiple of {GROUP_NORM_GROUPS} (the input projections' GroupNorm groups)",
+        lambda v: _is_int(v) and v > 0 and v % GROUP_NORM_GROUPS == 0,
+    ),
+    "NHEADS": _integer(1),
+    "DIM_FEEDFORWARD": _integer(1),
+    "DROPOUT": _Rule("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
+    "ENC_LAYERS": _integer(0),  # 0: the two-stage selection reads the projected features
+    "DEC_LAYERS": _integer(1),  # the predictions are the last decoder layer's
+    "ENC_N_POINTS": _integer(1),
+    "DEC_N_POINTS": _integer(1),
+    "NUM_FEATURE_LEVELS": _integer(1),
+    "IN_FEATURES": _Rule(
+        "a non-empty list of backbone output names",
+        lambda v: _is_list(v) and len(v) > 0 and all(isinstance(n, str) for n in v),
+    ),
+    "POS_TEMPERATURE": _Rule("a finite number > 0", lambda v: _is_number(v) and v > 0),
+    "FOCAL_ALPHA": _UNIT_INTERVAL,
+    **dict.fromkeys((
+        "CLS_WEIGHT", "KPT_L1_WEIGHT", "OKS_WEIGHT", "COST_CLASS", "COST_KPT_L1", "COST_OKS",
+        "INTERM_LOSS_WEIGHT", "BOX_L1_WEIGHT", "GIOU_WEIGHT", "COST_BOX_L1", "COST_GIOU",
+    ), _NON_NEGATIVE),
+    "AUX_LOSS": _Rule("True or False", lambda v: isinstance(v, bool)),
+    "OKS_SIGMAS": _Rule(
+        "a list of numbers > 0 (empty: from the dataset)",
+        lambda v: _is_list(v) and all(_is_number(s) and s > 0 for s in v),
+    ),
+    "TEST_TOPK": _integer(1),
+    "TEST_SCORE_THRESH": _UNIT_INTERVAL,
+    "DETECTION_DECODER_LAYERS": _integer(0),
+}
+
+
+def check_grouppose_config(cfg: CfgNode) -> None:
+    """Validate every ``MODEL.GROUP_POSE`` key (range, type, choices, and the keys that depend
+    on each other), so that a bad value fails when the model is built, in config-key terms.
+
+    Raises:
+        ValueError naming the key and its value; or telling to add the Group Pose keys when
+        ``cfg`` lacks them (a plain Detectron2 config).
+    """
+    if "GROUP_POSE" not in cfg.MODEL:
+        raise ValueError(
+            "the config has no MODEL.GROUP_POSE keys, which MODEL.META_ARCHITECTURE 'GroupPose' "
+            "needs: start from grouppose.config.get_grouppose_cfg(), or call "
+            "grouppose.add_grouppose_config(cfg) before merging the config file"
+        )
+    gp = cfg.MODEL.GROUP_POSE
+    for key, rule in _RULES.items():
+        if not rule.accepts(gp[key]):
+            raise ValueError(f"{config_key(key)} must be {rule.description}, got {gp[key]!r}")
+    if gp.HIDDEN_DIM % gp.NHEADS != 0:
+        raise ValueError(f"{config_key('NHEADS')} ({gp.NHEADS}) must divide "
+                         f"{config_key('HIDDEN_DIM')} ({gp.HIDDEN_DIM})")
+    if len(gp.IN_FEATURES) > gp.NUM_FEATURE_LEVELS:
+        raise ValueError(
+            f"{config_key('NUM_FEATURE_LEVELS')} ({gp.NUM_FEATURE_LEVELS}) must be >= the "
+            f"number of {config_key('IN_FEATURES')} ({list(gp.IN_FEATURES)}): each backbone "
+            f"level is one, the others are extra levels"
+        )
+    DecoderVariant.from_config(gp)
+
+
 def _metadata_sigmas(cfg: CfgNode) -> Optional[list]:
     for names in (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST):
         if len(names):
@@ -170,3 +273,13 @@ def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
             f"{num_keypoints}"
         )
     return as_sigmas(sigmas)
+
+
+def fall_back_to_cpu(cfg: CfgNode) -> None:
+    """Set ``MODEL.DEVICE`` to "cpu", with one warning line, when it names CUDA and this machine
+    has no CUDA device (Detectron2 would fail later with "Found no NVIDIA driver")."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning(
+            f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but no CUDA device is available: using the CPU"
+        )
+        cfg.MODEL.DEVICE = "cpu"

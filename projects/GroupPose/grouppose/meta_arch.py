@@ -11,7 +11,7 @@ from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from grouppose.backbone import InputProjection, use_affine_frozen_batch_norm
-from grouppose.config import resolve_oks_sigmas
+from grouppose.config import check_grouppose_config, resolve_oks_sigmas
 from grouppose.criterion import INTERM_SUFFIX, SetCriterion, build_targets
 from grouppose.decoder import DecoderOutput, GroupPoseDecoder
 from grouppose.detection_criterion import DetectionCriterion, person_boxes
@@ -138,6 +138,9 @@ class GroupPose(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
+        """The model's parts from ``cfg`` (see add_grouppose_config); a ValueError names the
+        first invalid ``MODEL.GROUP_POSE`` key (see check_grouppose_config)."""
+        check_grouppose_config(cfg)
         gp = cfg.MODEL.GROUP_POSE
         # Frozen BN as the official computes it (see AffineFrozenBatchNorm2d).
         backbone = use_affine_frozen_batch_norm(build_backbone(cfg))
@@ -150,9 +153,6 @@ class GroupPose(nn.Module):
             )
         variant = DecoderVariant.from_config(gp)
         detection_layers = gp.DETECTION_DECODER_LAYERS
-        if not isinstance(detection_layers, int) or detection_layers < 0:
-            raise ValueError(f"MODEL.GROUP_POSE.DETECTION_DECODER_LAYERS must be an integer >= 0, "
-                             f"got {detection_layers!r}")
         dim, levels = gp.HIDDEN_DIM, gp.NUM_FEATURE_LEVELS
         layer_args = {
             "dim": dim, "num_heads": gp.NHEADS, "ffn_dim": gp.DIM_FEEDFORWARD,

@@ -6,13 +6,13 @@ from detectron2.layers import Conv2d
 from torch import Tensor, nn
 
 # GroupNorm groups of every projection, as in the official implementation.
-_NUM_GROUPS = 32
+GROUP_NORM_GROUPS = 32
 
 
 def _conv_gn(in_channels: int, dim: int, kernel_size: int, stride: int) -> Conv2d:
     conv = Conv2d(
         in_channels, dim, kernel_size, stride=stride, padding=kernel_size // 2,
-        norm=nn.GroupNorm(_NUM_GROUPS, dim),
+        norm=nn.GroupNorm(GROUP_NORM_GROUPS, dim),
     )
     nn.init.xavier_uniform_(conv.weight, gain=1)
     nn.init.zeros_(conv.bias)
@@ -40,8 +40,10 @@ class InputProjection(nn.Module):
                 f"num_levels ({num_levels}) must be >= the number of backbone levels "
                 f"({len(in_channels)}, MODEL.GROUP_POSE.IN_FEATURES)"
             )
-        if dim % _NUM_GROUPS != 0:
-            raise ValueError(f"hidden dim ({dim}) must be a multiple of {_NUM_GROUPS} (GroupNorm)")
+        if dim % GROUP_NORM_GROUPS != 0:
+            raise ValueError(
+                f"hidden dim ({dim}) must be a multiple of {GROUP_NORM_GROUPS} (GroupNorm)"
+            )
         self.projections = nn.ModuleList(_conv_gn(c, dim, 1, 1) for c in in_channels)
         extra_in = [in_channels[-1]] + [dim] * (num_levels - len(in_channels) - 1)
         self.extra_levels = nn.ModuleList(
