@@ -5,21 +5,61 @@ Run ``python -m grouppose.collect_env``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import platform
+import re
 import sys
-from typing import List, Tuple
+from importlib import metadata
+from typing import Dict, List, Tuple
 
 OPTIONAL_PACKAGES = ("numpy", "PIL", "cv2", "scipy", "pycocotools", "xtcocotools", "timm")
 
 
+@functools.cache
+def _distributions_by_import_name() -> Dict[str, List[str]]:
+    """Import name -> the installed distributions that provide it (PIL -> [pillow])."""
+    # New in Python 3.10; before it, distribution names are taken to be import names.
+    find = getattr(metadata, "packages_distributions", None)
+    return dict(find()) if find else {}
+
+
+def _canonical(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): opencv_python == OpenCV-Python."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _installed_distributions(import_name: str) -> List[Tuple[str, str]]:
+    """(name, version) of each installed distribution providing ``import_name``."""
+    names = _distributions_by_import_name().get(import_name) or [import_name]
+    found = []
+    for name in sorted(set(names)):
+        try:
+            found.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def _version(module_name: str) -> str:
+    """The version of importable ``module_name`` as pip has it, from its distribution's
+    metadata (many modules, e.g. pycocotools, have no ``__version__``), naming the distribution
+    where it is not the import name (``13.0.0 (pillow)``), and adding the module's
+    ``__version__`` where it says otherwise (local build tags such as ``+cu130``)."""
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # any import failure is itself worth reporting
         return f"not importable ({type(e).__name__}: {e})"
-    return str(getattr(module, "__version__", "unknown version"))
+    own = getattr(module, "__version__", None)
+    installed = _installed_distributions(module_name)
+    entries = [
+        version if _canonical(name) == _canonical(module_name) else f"{version} ({name})"
+        for name, version in installed
+    ]
+    if own is not None and all(str(own) != version for _, version in installed):
+        entries.append(f"__version__ {own}" if installed else str(own))
+    return "; ".join(entries) or "unknown version"
 
 
 def detectron2_info() -> str:
