@@ -1,6 +1,7 @@
 """Bad input to the data pipeline: each case is a clear error naming the file (and annotation
 id), or a documented skip that is counted and logged once, and valid annotations survive."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from keypoint_test_data import (
     COCO_NAMES,
@@ -32,6 +34,7 @@ from grouppose.data.datasets import (
     CROWDPOSE_SKELETON,
 )
 from grouppose.data.synthetic import generate_synthetic_crowdpose
+from grouppose.engine.trainer import training_dataset_dicts
 from grouppose.evaluation import build_keypoint_evaluator
 from grouppose.image_io import read_image
 from grouppose.oks import CROWDPOSE_OKS_SIGMAS
@@ -41,6 +44,7 @@ IMAGE = {"id": 1, "file_name": "1.png", "height": 40, "width": 50}
 GOOD = annotation(1, 1, keypoints({0: (10, 10, 2), 5: (20, 20, 1)}), [5, 5, 30, 30], area=400.0)
 # GOOD as loaded: labeled keypoints + 0.5 (Detectron2's continuous coordinates).
 GOOD_LOADED = keypoints({0: (10.5, 10.5, 2), 5: (20.5, 20.5, 1)})
+PERSON = {"id": 1, "name": "person", "keypoints": list(COCO_NAMES), "skeleton": []}
 
 
 def _dataset(tmp_path, annotations, images=(IMAGE,), names=COCO_NAMES):
@@ -218,3 +222,110 @@ def test_evaluators_reject_jsons_missing_the_fields_they_need(tmp_path):
             build_keypoint_evaluator(cfg, name)
     finally:
         unregister(name)
+
+
+@pytest.mark.parametrize("empty", [{"annotations": []}, {}], ids=["empty_list", "no_key"])
+def test_json_without_annotations_loads_as_people_free_images(tmp_path, caplog, empty):
+    write_image(tmp_path / "images" / "1.png", 40, 50)
+    json_file = tmp_path / "data.json"
+    json_file.write_text(json.dumps({"images": [IMAGE], "categories": [PERSON], **empty}))
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        records = load_keypoint_json(str(json_file), str(tmp_path / "images"),
+                                     unique_name("people_free"), K)
+    assert [(r["image_id"], r["annotations"]) for r in records] == [(1, [])]
+    assert "1 images, 0 people" in _info(caplog)
+
+
+def test_training_set_without_labeled_people_is_an_error_naming_dataset_and_json(tmp_path):
+    unlabeled = annotation(1, 1, keypoints({}), [5, 5, 30, 30], area=400.0)
+    crowd = annotation(2, 1, keypoints({0: (10, 10, 2)}), [5, 5, 30, 30], area=400.0, iscrowd=1)
+    for annotations in ([], [unlabeled, crowd]):
+        name = unique_name("no_people_train")
+        json_file = _dataset(tmp_path, annotations)
+        register_keypoint_dataset(name, json_file, str(tmp_path / "images"), COCO_NAMES, [],
+                                  [0.05] * K, [])
+        cfg = get_cfg()
+        add_grouppose_config(cfg)
+        cfg.DATASETS.TRAIN = (name,)
+        cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False  # Detectron2 then trained on nothing
+        try:
+            with pytest.raises(ValueError, match=f"no labeled person .*'{name}' "
+                                                 f"\\({json_file}\\)"):
+                training_dataset_dicts(cfg)
+        finally:
+            unregister(name)
+
+
+def test_filters_that_leave_no_training_image_are_an_error_naming_the_key(tmp_path):
+    name = unique_name("few_keypoints_train")
+    register_keypoint_dataset(name, _dataset(tmp_path, [GOOD]), str(tmp_path / "images"),
+                              COCO_NAMES, [], [0.05] * K, [])
+    cfg = get_cfg()
+    add_grouppose_config(cfg)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE = 3  # GOOD has 2
+    try:
+        with pytest.raises(ValueError, match="MIN_KEYPOINTS_PER_IMAGE = 3"):
+            training_dataset_dicts(cfg)
+        cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE = 2
+        assert len(training_dataset_dicts(cfg)) == 1
+    finally:
+        unregister(name)
+
+
+def test_duplicate_image_ids_are_an_error_naming_them(tmp_path):
+    images = [{**IMAGE, "id": i % 3, "file_name": f"{i}.png"} for i in range(5)]  # 0, 1 twice
+    annotations = [annotation(i + 1, i % 3, GOOD["keypoints"], GOOD["bbox"], area=400.0)
+                   for i in range(5)]
+    with pytest.raises(ValueError, match=r"data\.json: several images share an id "
+                                         r"\(2 such ids: 0, 1\)"):
+        _load(tmp_path, annotations, images=images)
+
+
+def _with_categories(tmp_path, categories, annotations):
+    """A one-image json with these categories, loaded as a fresh dataset: (records, name)."""
+    write_image(tmp_path / "images" / "1.png", 40, 50)
+    json_file = tmp_path / "data.json"
+    json_file.write_text(json.dumps({"images": [IMAGE], "annotations": annotations,
+                                     "categories": categories}))
+    name = unique_name("categories")
+    return load_keypoint_json(str(json_file), str(tmp_path / "images"), name, K), name
+
+
+def test_categories_without_keypoints_are_ignored_counted_and_mapped(tmp_path, caplog):
+    person = {**PERSON, "id": 7}
+    dog, cat = {"id": 1, "name": "dog"}, {"id": 3, "name": "cat"}
+    people = [{**GOOD, "category_id": 7}, {**GOOD, "id": 2, "category_id": 7}]
+    animals = [{"id": 10 + i, "image_id": 1, "category_id": category, "iscrowd": 0,
+                "bbox": [1, 1, 5, 5], "area": 25.0} for i, category in enumerate((1, 1, 3))]
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        records, name = _with_categories(tmp_path, [dog, person, cat], people + animals)
+    try:
+        assert sorted(_people(records)) == [1, 2]
+        assert {a["category_id"] for a in records[0]["annotations"]} == {0}
+        metadata = MetadataCatalog.get(name)
+        assert metadata.thing_classes == ["person"]
+        assert metadata.thing_dataset_id_to_contiguous_id == {7: 0}
+        assert ("annotations of categories other than keypoint category 'person' ignored: "
+                "'dog' 2, 'cat' 1") in _info(caplog)
+    finally:
+        MetadataCatalog.remove(name)
+
+    # Without keypoint names, the category the labeled annotations use is the keypoint one.
+    records, name = _with_categories(tmp_path, [dog, {"id": 7, "name": "person"}],
+                                     people + animals[:1])
+    MetadataCatalog.remove(name)
+    assert sorted(_people(records)) == [1, 2]
+
+
+def test_ambiguous_or_unknown_categories_are_errors_naming_the_json(tmp_path):
+    hands = {"id": 2, "name": "hand", "keypoints": list(COCO_NAMES)}
+    with pytest.raises(ValueError, match=r"data\.json: cannot tell the keypoint category: 2 "
+                                         r"categories list 'keypoints' names .*'person', 'hand'"):
+        _with_categories(tmp_path, [PERSON, hands], [GOOD])
+    unlabeled = [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}]
+    with pytest.raises(ValueError, match="cannot tell the keypoint category: 0 categories"):
+        _with_categories(tmp_path, unlabeled, [])
+    with pytest.raises(ValueError, match=r"data\.json: annotation id 1 has category_id 5, which "
+                                         r"is not in 'categories' \[1\]"):
+        _with_categories(tmp_path, [PERSON], [{**GOOD, "category_id": 5}])

@@ -5,18 +5,25 @@ perturbation scores exactly what the COCO API computes directly on the same json
 import contextlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import Boxes, Instances
 from keypoint_test_data import (
+    COCO_NAMES,
     annotation,
     coco_results,
     gt_predictions,
+    keypoints,
     unique_name,
     unregister,
     write_json,
@@ -28,7 +35,12 @@ from xtcocotools import cocoeval as xtcocoeval
 
 from grouppose.config import add_grouppose_config
 from grouppose.data import register_keypoint_dataset
-from grouppose.data.datasets import register_all_crowdpose
+from grouppose.data.datasets import (
+    CROWDPOSE_FLIP_MAP,
+    CROWDPOSE_KEYPOINT_NAMES,
+    CROWDPOSE_SKELETON,
+    register_all_crowdpose,
+)
 from grouppose.data.synthetic import (
     generate_synthetic_crowdpose,
     generate_synthetic_dataset,
@@ -38,6 +50,7 @@ from grouppose.evaluation import CROWDPOSE_METRICS, CrowdPoseEvaluator, build_ke
 from grouppose.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APm", "APl")
+PERSON = {"id": 1, "name": "person", "keypoints": list(COCO_NAMES), "skeleton": []}
 
 
 def _cfg():
@@ -245,3 +258,125 @@ def test_score_oracle_ranks_each_persons_best_detection_first(tmp_path, monkeypa
     oks = np.array([[1.0, 0.0], [0.6, 0.0], [0.0, 0.1], [0.0, 1.0]])
     assert score_oracle.oracle_scores(oks, np.array([0.1, 0.9, 0.8, 0.05])).tolist() == [
         2.0, 0.9, 0.8, 2.0]
+
+
+def _register_json(image_root, content):
+    """Write ``content`` next to ``image_root`` (empty files for its missing images) and
+    register it: (name, json file)."""
+    json_file = image_root.parent / f"{unique_name('gt')}.json"
+    json_file.write_text(json.dumps(content))
+    for image in content["images"]:
+        path = image_root / image["file_name"]
+        if not path.exists():
+            path.write_bytes(b"")  # the loader checks that image files exist
+    name = unique_name("eval_json")
+    register_keypoint_dataset(name, str(json_file), str(image_root), COCO_NAMES, [],
+                              COCO_OKS_SIGMAS, [])
+    return name, json_file
+
+
+def _false_detection(image_id):
+    """One confident prediction on an image, as model output."""
+    instances = Instances((100, 100))
+    instances.pred_keypoints = torch.cat([torch.full((1, 17, 2), 30.0), torch.ones(1, 17, 1)], 2)
+    instances.pred_boxes = Boxes(torch.tensor([[20.0, 20.0, 40.0, 40.0]]))
+    instances.scores = torch.tensor([0.9])
+    instances.pred_classes = torch.zeros(1, dtype=torch.int64)
+    return {"image_id": image_id}, {"instances": instances}
+
+
+@pytest.mark.parametrize("people", ["none", "unlabeled"])
+def test_people_free_ground_truth_evaluates_to_nan_with_a_warning(tmp_path, caplog, people):
+    images = [{"id": i, "file_name": f"{i}.jpg", "height": 100, "width": 100} for i in (1, 2)]
+    annotations = [] if people == "none" else [
+        annotation(1, 1, keypoints({}), [10, 10, 40, 60], area=1500.0)]
+    (tmp_path / "images").mkdir()
+    name, json_file = _register_json(tmp_path / "images", {
+        "images": images, "annotations": annotations, "categories": [PERSON]})
+    output_dir = tmp_path / "inference"
+    try:
+        with caplog.at_level(logging.INFO, logger="grouppose"):
+            evaluator = build_keypoint_evaluator(_cfg(), name, str(output_dir))
+        built = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert built == [f"dataset '{name}' ({json_file}): no person has a labeled keypoint (a "
+                         "non-crowd annotation with v > 0), so keypoint AP cannot be computed: "
+                         "every metric will be NaN"]
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="grouppose"):
+            inp, out = _false_detection(1)
+            metrics = _evaluate(evaluator, [inp, {"image_id": 2}], [out, {}])
+    finally:
+        unregister(name)
+    assert set(metrics) == set(COCO_METRICS) and all(np.isnan(v) for v in metrics.values())
+    assert any("keypoint AP is undefined" in r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING)
+    (result,) = json.loads((output_dir / "coco_instances_results.json").read_text())
+    assert result["image_id"] == 1 and result["category_id"] == 1
+
+
+def test_missing_or_wrong_num_keypoints_are_computed_before_inference(tmp_path, caplog):
+    generate_synthetic_dataset(str(tmp_path), 6, seed=3)
+    content = json.loads((tmp_path / "annotations.json").read_text())
+    first, second = content["annotations"][:2]
+    del first["num_keypoints"]
+    assert second["num_keypoints"] > 0
+    second["num_keypoints"] = 0  # pycocotools would ignore this labeled person
+    name, _ = _register_json(tmp_path / "images", content)
+    try:
+        with caplog.at_level(logging.INFO, logger="grouppose"):
+            evaluator = build_keypoint_evaluator(_cfg(), name)
+        (line,) = [r.getMessage() for r in caplog.records if "num_keypoints" in r.getMessage()]
+        assert "missing on 1 annotations and different from their labeled keypoints on 1" in line
+        metrics = _evaluate(evaluator, *gt_predictions(tmp_path / "annotations.json"))
+    finally:
+        unregister(name)
+    assert metrics["AP"] == pytest.approx(100.0)
+
+
+def test_evaluation_uses_the_keypoint_category_of_a_json_with_others(tmp_path):
+    """person (id 2, with keypoints) + dog (id 1, no keypoints): the dog annotations lack
+    keypoint fields pycocotools needs, and the results must carry person's id 2."""
+    person_json = tmp_path / "person_only.json"
+    generate_synthetic_dataset(str(tmp_path), 4, seed=4)
+    content = json.loads((tmp_path / "annotations.json").read_text())
+    for item in content["annotations"]:
+        item["category_id"] = 2
+    content["categories"][0]["id"] = 2
+    person_json.write_text(json.dumps(content))
+    dogs = [{"id": 1000 + i, "image_id": image["id"], "category_id": 1, "iscrowd": 0,
+             "bbox": [1, 1, 8, 8], "area": 64.0} for i, image in enumerate(content["images"])]
+    content["annotations"] = dogs[:1] + content["annotations"] + dogs[1:]
+    content["categories"].append({"id": 1, "name": "dog"})
+    name, _ = _register_json(tmp_path / "images", content)
+    output_dir = tmp_path / "inference"
+    try:
+        evaluator = build_keypoint_evaluator(_cfg(), name, str(output_dir))
+        metrics = _evaluate(evaluator, *gt_predictions(person_json))
+        assert MetadataCatalog.get(name).thing_classes == ["person"]
+    finally:
+        unregister(name)
+    assert metrics["AP"] == pytest.approx(100.0) and "AP-dog" not in metrics
+    results = json.loads((output_dir / "coco_instances_results.json").read_text())
+    assert results and {r["category_id"] for r in results} == {2}
+
+
+def test_crowdpose_results_use_the_keypoint_category_id(tmp_path):
+    json_files = generate_synthetic_crowdpose(str(tmp_path), 8, seed=3)
+    content = json.loads(Path(json_files["val"]).read_text())
+    for item in content["annotations"]:
+        item["category_id"] = 2
+    content["categories"][0]["id"] = 2
+    content["categories"].append({"id": 1, "name": "dog"})  # sorts first: contiguous 0 if naive
+    Path(json_files["val"]).write_text(json.dumps(content))
+    name = unique_name("eval_crowdpose_categories")
+    register_keypoint_dataset(name, json_files["val"], str(tmp_path / "crowdpose" / "images"),
+                              CROWDPOSE_KEYPOINT_NAMES, CROWDPOSE_FLIP_MAP, CROWDPOSE_OKS_SIGMAS,
+                              CROWDPOSE_SKELETON, evaluator_type="crowdpose")
+    try:
+        evaluator = build_keypoint_evaluator(_cfg(), name, str(tmp_path / "inference"))
+        metrics = _evaluate(evaluator, *gt_predictions(Path(json_files["val"])))
+    finally:
+        unregister(name)
+    assert metrics["AP"] == 100.0
+    results = json.loads((tmp_path / "inference" / "crowdpose_keypoint_results.json").read_text())
+    assert {r["category_id"] for r in results} == {2}

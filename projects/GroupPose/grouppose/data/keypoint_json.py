@@ -7,6 +7,10 @@ policy at load time, so that each problem is either a clear error naming the jso
 annotation id, or a counted skip logged in a single line per load:
 
 Errors (``ValueError``):
+    - an image id that several images share (the annotations of one would silently go to the
+      other);
+    - an annotation whose ``category_id`` is not in the json's ``categories``;
+    - several categories with keypoints (see ``keypoint_category``), or none that can be told;
     - an image file that does not exist;
     - an annotation whose keypoint list does not hold 3 * K numbers (K = the dataset's
       ``keypoint_names``), or holds something that is not a number (e.g. ``null``);
@@ -19,26 +23,41 @@ Counted skips (one warning line):
     - a person (iscrowd = 0) with neither a positive "area" nor a positive box is dropped.
 
 Counted notes (one info line; nothing valid is lost):
+    - annotations of categories other than the keypoint category (e.g. "dog" next to "person")
+      are dropped, counted per category name; the keypoint category becomes contiguous id 0
+      (metadata ``thing_classes`` and ``thing_dataset_id_to_contiguous_id``);
     - people without a usable "area" (missing, zero or NaN, e.g. all of CrowdPose) get their box
       area, as the official CrowdPose pipeline does;
     - people without any labeled keypoint, and images whose people are all crowd regions, stay in
       the dicts (evaluation and Detectron2's image filtering see them) but give no training
       target: the mapper drops them.
 
+An empty (or missing) "annotations" list is valid: a dataset of people-free images, which can
+be evaluated; training refuses a training set without any labeled person
+(``grouppose.engine.trainer``).
+
 Coordinates follow Detectron2: keypoints become continuous coordinates (pixel index + 0.5).
 """
 
+import collections
 import dataclasses
 import json
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["LoadSummary", "load_keypoint_json", "person_area"]
+__all__ = [
+    "LoadSummary",
+    "check_unique_image_ids",
+    "keypoint_category",
+    "load_keypoint_json",
+    "person_area",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +79,9 @@ class LoadSummary:
     area_from_box: int = 0
     people_without_keypoints: int = 0
     crowd_only_images: int = 0
+    category: str = ""
+    # annotations of other categories, dropped: category name -> count
+    ignored_categories: Dict[str, int] = dataclasses.field(default_factory=dict)
 
     def log(self) -> None:
         """One warning line for the skips (if any), one info line for the rest."""
@@ -79,7 +101,15 @@ class LoadSummary:
         logger.info(
             f"{where}: {self.images} images, {self.people} people; "
             + "; ".join(f"{n} {what}" for what, n in notes.items())
+            + self._ignored_note()
         )
+
+    def _ignored_note(self) -> str:
+        if not self.ignored_categories:
+            return ""
+        counts = ", ".join(f"'{name}' {n}" for name, n in self.ignored_categories.items())
+        return (f"; annotations of categories other than keypoint category '{self.category}' "
+                f"ignored: {counts}")
 
 
 def person_area(annotation: dict) -> Optional[float]:
@@ -99,6 +129,114 @@ def person_area(annotation: dict) -> Optional[float]:
     return box_area if box_area > 0 else None
 
 
+def check_unique_image_ids(content: Dict, json_file: str) -> None:
+    """Refuse a json whose images share an id: pycocotools keeps one of them and gives it the
+    annotations of all, so an image would be trained and evaluated with another's people.
+
+    Args:
+        content: the parsed json.
+
+    Raises:
+        ValueError naming ``json_file`` and the duplicated ids.
+    """
+    counts = collections.Counter(image.get("id") for image in content.get("images") or [])
+    duplicated = [image_id for image_id, n in counts.items() if n > 1]
+    if duplicated:
+        raise ValueError(
+            f"{json_file}: several images share an id ({len(duplicated)} such ids: "
+            + ", ".join(str(i) for i in duplicated[:_MAX_QUOTED])
+            + (", ..." if len(duplicated) > _MAX_QUOTED else "")
+            + "); each image needs its own id, as annotations refer to images by id"
+        )
+
+
+def _has_labeled_keypoint(annotation: Dict) -> bool:
+    visibilities = (annotation.get("keypoints") or [])[2::3]
+    return any(isinstance(v, (int, float)) and v > 0 for v in visibilities)
+
+
+def _keypoint_category_candidates(
+    categories: List[Dict], annotations: List[Dict]
+) -> Tuple[List[Dict], str]:
+    """The categories that may be the keypoint one, and how they were found (for messages)."""
+    named = [c for c in categories if c.get("keypoints")]
+    if named:
+        return named, "list 'keypoints' names"
+    by_id = {c["id"]: c for c in categories}
+    used = {a["category_id"] for a in annotations if _has_labeled_keypoint(a)}
+    if used:
+        return [by_id[i] for i in sorted(used)], "have annotations with labeled keypoints"
+    # A single category is the keypoint one even when nothing says so (e.g. people-free data).
+    return (categories if len(categories) == 1 else []), "exist"
+
+
+def keypoint_category(content: Dict, json_file: str) -> Tuple[Dict, Dict[str, int]]:
+    """The json's keypoint category and the annotations of the others, which Group Pose ignores.
+
+    The keypoint category is the one whose entry lists ``keypoints`` names, else the one the
+    annotations with a labeled keypoint use, else the only category.
+
+    Args:
+        content: the parsed json ("categories", optional "annotations").
+
+    Returns:
+        the category entry, and {other category name: number of its annotations} for those
+        with annotations.
+
+    Raises:
+        ValueError naming ``json_file`` when an annotation's category_id is not in the
+        categories, or when several categories (or none) qualify.
+    """
+    categories = content.get("categories") or []
+    annotations = content.get("annotations") or []
+    names = {c["id"]: c.get("name", str(c["id"])) for c in categories}
+    unknown = next((a for a in annotations if a.get("category_id") not in names), None)
+    if unknown is not None:
+        raise ValueError(
+            f"{json_file}: annotation id {unknown.get('id')} has category_id "
+            f"{unknown.get('category_id')}, which is not in 'categories' {sorted(names)}"
+        )
+    candidates, how = _keypoint_category_candidates(categories, annotations)
+    if len(candidates) != 1:
+        found = [names[c["id"]] for c in candidates] if candidates else list(names.values())
+        raise ValueError(
+            f"{json_file}: cannot tell the keypoint category: {len(candidates)} categories "
+            f"{how} (categories {found}); Group Pose learns one keypoint category: keep only "
+            "it (and its annotations) in the json, with its keypoint names in 'keypoints'"
+        )
+    (category,) = candidates
+    ignored = collections.Counter(
+        names[a["category_id"]] for a in annotations if a["category_id"] != category["id"]
+    )
+    return category, dict(ignored)
+
+
+def _check_json(json_file: str) -> Tuple[Dict, Dict[str, int]]:
+    """What Detectron2's loader does not check: unique image ids and a single keypoint
+    category (see ``keypoint_category``, whose result this returns)."""
+    with PathManager.open(json_file) as f:
+        content = json.load(f)
+    check_unique_image_ids(content, json_file)
+    return keypoint_category(content, json_file)
+
+
+def _set_category_metadata(dataset_name: str, category: Dict) -> None:
+    """The keypoint category is contiguous id 0: the model predicts it, and evaluators map it
+    back to the json's id through this metadata."""
+    metadata = MetadataCatalog.get(dataset_name)
+    metadata.thing_classes = [category["name"]]
+    metadata.thing_dataset_id_to_contiguous_id = {category["id"]: 0}
+
+
+def _keep_category(records: List[dict], category_id: int) -> None:
+    """Drop the annotations of other categories; the kept ones get contiguous id 0."""
+    for record in records:
+        kept = [a for a in record["annotations"] if a["category_id"] == category_id]
+        for annotation in kept:
+            annotation["category_id"] = 0
+        record["annotations"] = kept
+
+
 def _first_non_numeric_keypoints(json_file: str) -> Optional[int]:
     """The id of the first annotation whose keypoints hold a non-number (e.g. null), if any."""
     with PathManager.open(json_file) as f:
@@ -110,12 +248,13 @@ def _first_non_numeric_keypoints(json_file: str) -> Optional[int]:
     return None
 
 
-def _load_coco_records(json_file: str, image_root: str, dataset_name: str) -> List[dict]:
-    """Detectron2's loader, keeping "area" and "id"; a non-numeric keypoint is a clear error."""
+def _load_coco_records(json_file: str, image_root: str) -> List[dict]:
+    """Detectron2's loader, keeping "area" and "id"; a non-numeric keypoint is a clear error.
+
+    Categories keep the json's ids: without a dataset name Detectron2 neither maps them nor sets
+    metadata for all categories (``_set_category_metadata`` sets it for the keypoint one)."""
     try:
-        return load_coco_json(
-            json_file, image_root, dataset_name, extra_annotation_keys=["area", "id"]
-        )
+        return load_coco_json(json_file, image_root, extra_annotation_keys=["area", "id"])
     except TypeError as e:
         annotation_id = _first_non_numeric_keypoints(json_file)
         if annotation_id is None:
@@ -205,8 +344,9 @@ def _clean_records(
     _clean_keypoints(keypoints, image_sizes, summary)
     areas = _areas(annotations, boxes, summary)
     has_keypoints = (keypoints[:, :, 2] > 0).any(axis=1)
-    for annotation, points, area in zip(annotations, keypoints.reshape(len(annotations), -1)
-                                        .tolist(), areas.tolist()):
+    # 3 * K, not -1: numpy cannot infer a dimension of an empty array (no annotations).
+    flat_keypoints = keypoints.reshape(len(annotations), 3 * num_keypoints).tolist()
+    for annotation, points, area in zip(annotations, flat_keypoints, areas.tolist()):
         annotation["keypoints"] = points
         if not annotation.get("iscrowd", 0):
             annotation["area"] = area
@@ -250,17 +390,22 @@ def load_keypoint_json(
         num_keypoints: K, the number of keypoints every annotation must have.
 
     Returns:
-        list of dicts with "file_name", "height", "width", "image_id" and "annotations"; each
-        annotation has "bbox" (XYWH_ABS), "keypoints" (3K floats), "category_id", "iscrowd",
-        "id" and, for people (iscrowd = 0), "area" (> 0, pixels).
+        list of dicts with "file_name", "height", "width", "image_id" and "annotations"
+        (possibly empty); each annotation has "bbox" (XYWH_ABS), "keypoints" (3K floats),
+        "category_id" (0: the keypoint category), "iscrowd", "id" and, for people
+        (iscrowd = 0), "area" (> 0, pixels).
 
     Raises:
         ValueError naming ``json_file`` (and the annotation id) for the errors listed in the
         module docstring.
     """
-    records = _load_coco_records(json_file, image_root, dataset_name)
+    category, ignored = _check_json(json_file)
+    records = _load_coco_records(json_file, image_root)
+    _set_category_metadata(dataset_name, category)
+    _keep_category(records, category["id"])
     _check_image_files(records, json_file)
-    summary = LoadSummary(dataset_name=dataset_name, json_file=json_file, images=len(records))
+    summary = LoadSummary(dataset_name=dataset_name, json_file=json_file, images=len(records),
+                          category=category["name"], ignored_categories=ignored)
     _clean_records(records, json_file, num_keypoints, summary)
     summary.log()
     return records

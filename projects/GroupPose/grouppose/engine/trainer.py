@@ -3,11 +3,19 @@
 import logging
 import os
 import weakref
-from typing import Dict
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.data.build import (
+    filter_images_with_few_keypoints,
+    filter_images_with_only_crowd_annotations,
+)
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -20,7 +28,56 @@ from grouppose.engine.optimizer import build_optimizer
 from grouppose.engine.train_loop import training_step_class
 from grouppose.evaluation import build_keypoint_evaluator
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "setup_grouppose_logger", "training_dataset_dicts"]
+
+
+def setup_grouppose_logger(output_dir: str) -> logging.Logger:
+    """Send the grouppose package's log records (e.g. the dataset load summaries) to the console
+    and ``output_dir``/log.txt, as ``default_setup`` does for Detectron2's: our loggers are not
+    under "detectron2", so without this their info lines are dropped and their warnings reach
+    stderr unformatted. Calling it again with the same directory adds nothing (Detectron2's
+    ``setup_logger`` is cached)."""
+    return setup_logger(output_dir, distributed_rank=comm.get_rank(), name="grouppose")
+
+
+def _has_training_target(record: Dict) -> bool:
+    """Whether the image has a person the mapper makes a target: non-crowd, a keypoint v > 0."""
+    return any(
+        not a.get("iscrowd", 0) and any(v > 0 for v in (a.get("keypoints") or [])[2::3])
+        for a in record.get("annotations", [])
+    )
+
+
+def training_dataset_dicts(cfg: CfgNode) -> List[Dict]:
+    """The dicts of DATASETS.TRAIN, less the images DATALOADER.FILTER_EMPTY_ANNOTATIONS and
+    MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE filter out.
+
+    Raises:
+        ValueError naming the datasets and their json files when no image has a labeled
+        person (e.g. ``"annotations": []``), or when the filters leave no image.
+    """
+    names = cfg.DATASETS.TRAIN
+    # Unfiltered first: Detectron2's filters would turn "no labeled person" into a bare assert.
+    dataset_dicts = get_detection_dataset_dicts(names, filter_empty=False)
+    described = ", ".join(f"'{name}' ({MetadataCatalog.get(name).get('json_file')})"
+                          for name in names)
+    if not any(_has_training_target(record) for record in dataset_dicts):
+        raise ValueError(
+            f"DATASETS.TRAIN has no labeled person to train on: no image of {described} has a "
+            "non-crowd annotation with a labeled keypoint (v > 0). A people-free dataset can be "
+            "evaluated, not trained on"
+        )
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        dataset_dicts = filter_images_with_only_crowd_annotations(dataset_dicts)
+    min_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+    if min_keypoints > 0:
+        dataset_dicts = filter_images_with_few_keypoints(dataset_dicts, min_keypoints)
+    if not dataset_dicts:
+        raise ValueError(
+            f"no image of {described} has MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE = "
+            f"{min_keypoints} labeled keypoints"
+        )
+    return dataset_dicts
 
 
 def check_training_config(cfg: CfgNode) -> None:
@@ -56,13 +113,18 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with Group Pose's mapper, keypoint evaluators, the paper's optimizer, a
     resumable data stream, a non-finite-loss guard, checkpoints that include the optimizer (and
     AMP grad scaler) state, CPU multi-process training, and weights read without running code
-    from them unless ``trust_pickle`` (see ``SafeCheckpointer``)."""
+    from them unless ``trust_pickle`` (see ``SafeCheckpointer``).
+
+    ``__init__``, ``build_model`` and ``test`` set up the grouppose logger for cfg.OUTPUT_DIR
+    (``setup_grouppose_logger``): training constructs a Trainer, --eval-only only calls the
+    latter two."""
 
     def __init__(self, cfg: CfgNode, *, trust_pickle: bool = False):
         # DefaultTrainer.__init__, with the guarded step and CPU-capable DDP.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        setup_grouppose_logger(cfg.OUTPUT_DIR)
         check_training_config(cfg)
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
@@ -97,19 +159,24 @@ class Trainer(DefaultTrainer):
         self.data_loader.seed = state_dict["data_seed"]
 
     @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        setup_grouppose_logger(cfg.OUTPUT_DIR)
+        return super().build_model(cfg)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: nn.Module, evaluators: Optional[List] = None) -> Dict:
+        setup_grouppose_logger(cfg.OUTPUT_DIR)
+        return super().test(cfg, model, evaluators)
+
+    @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> TrainingBatches:
-        """Batches of DATASETS.TRAIN (images with at least
-        MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE labeled keypoints), mapped by
+        """Batches of DATASETS.TRAIN (``training_dataset_dicts``), mapped by
         GroupPoseDatasetMapper, in the order of a stream seeded by SEED (random when < 0)."""
-        dataset_dicts = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN,
-            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE,
-        )
+        dataset_dicts = training_dataset_dicts(cfg)
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return TrainingBatches(
             dataset_dicts, GroupPoseDatasetMapper(cfg, is_train=True), cfg.SOLVER.IMS_PER_BATCH,

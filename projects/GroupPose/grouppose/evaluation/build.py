@@ -1,13 +1,12 @@
 """Pick the keypoint evaluator a dataset needs: COCO's (pycocotools) or CrowdPose's."""
 
-import json
 from typing import List, Optional
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
-from detectron2.utils.file_io import PathManager
 
+from grouppose.evaluation.coco import KeypointCOCOEvaluator, keypoint_ground_truth
 from grouppose.evaluation.crowdpose import CrowdPoseEvaluator
 from grouppose.oks import default_oks_sigmas
 
@@ -36,28 +35,18 @@ def keypoint_oks_sigmas(cfg: CfgNode, dataset_name: str) -> List[float]:
     return sigmas
 
 
-def _check_has_area(json_file: str) -> None:
-    """pycocotools scales OKS by each person's "area": fail early, naming the annotation."""
-    with PathManager.open(json_file) as f:
-        annotations = json.load(f).get("annotations", [])
-    for annotation in annotations:
-        if "area" not in annotation:
-            raise ValueError(
-                f"{json_file}: annotation id {annotation.get('id')} has no 'area', which COCO "
-                "keypoint evaluation needs (CrowdPose-style datasets without area: register "
-                "them with evaluator_type='crowdpose')"
-            )
-
-
 def build_keypoint_evaluator(
     cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None
 ) -> DatasetEvaluator:
     """Keypoint evaluator for a registered dataset.
 
     ``evaluator_type`` "crowdpose" (crowdpose_* datasets): ``CrowdPoseEvaluator`` (xtcocotools).
-    Otherwise (COCO, synthetic, custom K): Detectron2's ``COCOEvaluator`` on the "keypoints"
-    task with the official pycocotools (``use_fast_impl=False``; the fast one needs Detectron2's
-    C++ extension) and the dataset's OKS sigmas (see ``keypoint_oks_sigmas``).
+    Otherwise (COCO, synthetic, custom K): ``KeypointCOCOEvaluator``, Detectron2's
+    ``COCOEvaluator`` on the "keypoints" task with the official pycocotools (the fast one needs
+    Detectron2's C++ extension) and the dataset's OKS sigmas (see ``keypoint_oks_sigmas``), on
+    the json as checked by ``keypoint_ground_truth``: missing fields and ambiguous categories
+    fail here, before inference, and a ground truth without labeled people is a warning here
+    and NaN metrics later (see ``grouppose.evaluation.coco``).
 
     The dataset is loaded first unless it already was in this process: that sets the category
     id mapping COCOEvaluator needs, generates a synthetic dataset that does not exist yet, and
@@ -70,13 +59,10 @@ def build_keypoint_evaluator(
     sigmas = keypoint_oks_sigmas(cfg, dataset_name)
     if metadata.get("evaluator_type") == "crowdpose":
         return CrowdPoseEvaluator(dataset_name, sigmas, output_dir=output_dir)
-    if json_file is not None:
-        _check_has_area(json_file)
-    return COCOEvaluator(
-        dataset_name,
-        tasks=("keypoints",),
-        distributed=True,
-        output_dir=output_dir,
-        use_fast_impl=False,
-        kpt_oks_sigmas=sigmas,
-    )
+    if json_file is None:  # Detectron2 converts the dataset dicts to a COCO json itself
+        return COCOEvaluator(
+            dataset_name, tasks=("keypoints",), distributed=True, output_dir=output_dir,
+            use_fast_impl=False, kpt_oks_sigmas=sigmas,
+        )
+    ground_truth = keypoint_ground_truth(json_file, dataset_name)
+    return KeypointCOCOEvaluator(dataset_name, ground_truth, sigmas, output_dir=output_dir)

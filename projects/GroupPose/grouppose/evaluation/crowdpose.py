@@ -119,7 +119,7 @@ class CrowdPoseEvaluator(DatasetEvaluator):
             output_dir: where to write "crowdpose_keypoint_results.json" (optional).
             distributed: gather predictions from all workers and evaluate on the main one.
         """
-        metadata = MetadataCatalog.get(dataset_name)
+        metadata = self._metadata = MetadataCatalog.get(dataset_name)
         self._sigmas = tuple(float(s) for s in kpt_oks_sigmas)
         self._output_dir = output_dir
         self._distributed = distributed
@@ -142,8 +142,12 @@ class CrowdPoseEvaluator(DatasetEvaluator):
                 self._predictions.extend(instances_to_coco_json(instances, inp["image_id"]))
 
     def _dataset_category_ids(self, results: List[Dict]) -> List[Dict]:
-        # Detectron2's loader numbers the json's sorted category ids 0, 1, ...
-        to_dataset = dict(enumerate(sorted(self._coco_gt.getCatIds())))
+        # The loader's mapping (load_keypoint_json: the keypoint category is 0) when the dataset
+        # was loaded, else Detectron2's numbering of the json's sorted category ids.
+        to_contiguous = self._metadata.get("thing_dataset_id_to_contiguous_id") or {
+            dataset_id: i for i, dataset_id in enumerate(sorted(self._coco_gt.getCatIds()))
+        }
+        to_dataset = {i: dataset_id for dataset_id, i in to_contiguous.items()}
         return [{**r, "category_id": to_dataset[r["category_id"]]} for r in results]
 
     def evaluate(self) -> Dict:
