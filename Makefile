@@ -7,13 +7,26 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMPS := $(VENV)/.stamps
 CSRC := $(wildcard projects/GroupPose/grouppose/layers/csrc/*)
+BUILD_TOOLS := "pip>=23.1" "setuptools>=64" wheel
+TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test test-all lint clean help demo
+# Upstream Detectron2 main built from its source archive, in an environment of its own
+# (`make test-upstream`): the suite then runs against Detectron2 as users who build it have it.
+UPSTREAM_ARCHIVE ?= ../shared/vendor/detectron2-main-02b5c4e.tar.gz
+UPSTREAM_MAX_JOBS ?= 2
+UPSTREAM_VENV := .venv-upstream
+UPSTREAM_PY := $(UPSTREAM_VENV)/bin/python
+UPSTREAM_PIP := $(UPSTREAM_PY) -m pip --disable-pip-version-check
+UPSTREAM_STAMPS := $(UPSTREAM_VENV)/.stamps
+UPSTREAM_SRC := build/detectron2-upstream
+
+.PHONY: setup test test-all lint clean help demo upstream-archive upstream-setup test-upstream
 
 help:
 	@echo "make setup     create .venv with torch, detectron2 and grouppose (idempotent)"
 	@echo "make test      setup, lint, then the fast test suite"
 	@echo "make test-all  setup, then every test including the slow ones"
+	@echo "make test-upstream  build upstream Detectron2 main into $(UPSTREAM_VENV), run the tests"
 	@echo "make demo      train a tiny model from scratch on generated data (CPU, minutes)"
 
 setup: $(STAMPS)/grouppose
@@ -22,8 +35,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMPS)/torch: | $(PY)
-	$(PIP) install --quiet --upgrade "pip>=23.1" "setuptools>=64" wheel
-	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PIP) install --quiet --upgrade $(BUILD_TOOLS)
+	$(PIP) install --quiet $(TORCH)
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/detectron2: $(STAMPS)/torch tools/install_detectron2.py
@@ -50,6 +63,50 @@ test: lint
 
 test-all: setup
 	$(PY) -m pytest -m "slow or not slow"
+
+upstream-archive:
+	@test -f "$(UPSTREAM_ARCHIVE)" || { echo "error: the upstream Detectron2 source archive" \
+		"$(UPSTREAM_ARCHIVE) is missing: it comes with ../shared beside the repository" \
+		"(or set UPSTREAM_ARCHIVE=/path/to/detectron2-source.tar.gz)" >&2; exit 1; }
+
+upstream-setup: upstream-archive $(UPSTREAM_STAMPS)/grouppose
+
+$(UPSTREAM_PY):
+	$(PYTHON) -m venv $(UPSTREAM_VENV)
+
+$(UPSTREAM_STAMPS)/torch: | $(UPSTREAM_PY)
+	$(UPSTREAM_PIP) install --quiet --upgrade $(BUILD_TOOLS)
+	$(UPSTREAM_PIP) install --quiet $(TORCH)
+	@mkdir -p $(UPSTREAM_STAMPS) && touch $@
+
+# The installer's `source` path on the unpacked archive. Uninstalling first: a usable older
+# build would otherwise be kept. The C++ ops are built for the CPU (no CUDA: much quicker, and
+# GroupPose-D2 calls none of them); ninja runs UPSTREAM_MAX_JOBS compilers.
+$(UPSTREAM_STAMPS)/detectron2: $(UPSTREAM_STAMPS)/torch tools/install_detectron2.py \
+		$(wildcard $(UPSTREAM_ARCHIVE)) | upstream-archive
+	rm -rf $(UPSTREAM_SRC) && mkdir -p $(UPSTREAM_SRC)
+	tar -xzf $(UPSTREAM_ARCHIVE) -C $(UPSTREAM_SRC) --strip-components=1
+	$(UPSTREAM_PIP) uninstall --quiet --yes detectron2
+	DETECTRON2_SOURCE=$(CURDIR)/$(UPSTREAM_SRC) FORCE_CUDA=0 CUDA_VISIBLE_DEVICES= \
+		MAX_JOBS=$(UPSTREAM_MAX_JOBS) $(UPSTREAM_PY) tools/install_detectron2.py
+	@touch $@
+
+$(UPSTREAM_STAMPS)/xtcocotools: $(UPSTREAM_STAMPS)/detectron2
+	$(UPSTREAM_PIP) install --quiet cython
+	$(UPSTREAM_PIP) install --quiet --no-build-isolation --no-binary xtcocotools xtcocotools
+	@touch $@
+
+# Editable, like .venv's: both environments load the same in-tree grouppose._C, built against
+# the same torch pins (and CUDA when available, as in `make setup`), so either may rebuild it.
+$(UPSTREAM_STAMPS)/grouppose: $(UPSTREAM_STAMPS)/detectron2 $(UPSTREAM_STAMPS)/xtcocotools \
+		setup.py $(CSRC)
+	$(UPSTREAM_PIP) install --quiet --no-build-isolation -e ".[test]"
+	@touch $@
+
+# GROUPPOSE_DETECTRON2=upstream: a test checks that this detectron2 is upstream main's build.
+test-upstream: upstream-setup
+	@$(UPSTREAM_PY) -c "import detectron2 as d; print('detectron2', d.__version__, d.__file__)"
+	GROUPPOSE_DETECTRON2=upstream $(UPSTREAM_PY) -m pytest
 
 clean:
 	rm -rf build projects/GroupPose/grouppose/*.so projects/GroupPose/*.egg-info

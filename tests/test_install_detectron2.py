@@ -3,8 +3,10 @@
 import functools
 import hashlib
 import http.server
+import importlib.metadata
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -259,6 +261,30 @@ def test_patch_setup_py_refuses_unknown_layout(tmp_path):
 
 def test_installed_detectron2_is_usable():
     assert installer.check_detectron2() is None
+
+
+@pytest.mark.skipif(not os.environ.get("GROUPPOSE_DETECTRON2"),
+                    reason="GROUPPOSE_DETECTRON2 (upstream or python-only) not set")
+def test_detectron2_is_the_build_asked_for():
+    """`make test-upstream` sets GROUPPOSE_DETECTRON2=upstream: prove the suite runs on it."""
+    import detectron2
+
+    kind = os.environ["GROUPPOSE_DETECTRON2"]
+    # Installed into this environment, not found on a path that shadows it.
+    assert Path(detectron2.__file__).resolve().is_relative_to(Path(sys.prefix).resolve())
+    version = importlib.metadata.version("detectron2")
+    python_only = importlib.util.find_spec("detectron2._python_only") is not None
+    if kind == "python-only":
+        assert python_only and version == installer.PYTHON_ONLY_VERSION
+    elif kind == "upstream":
+        assert not python_only and "python.only" not in version
+        from detectron2 import _C  # its C++ ops were compiled
+
+        assert Path(_C.__file__).suffix == ".so"
+        # Newer than 0.6 (the last release): ViT backbone (ViTDet) arrived in main after it.
+        assert importlib.util.find_spec("detectron2.modeling.backbone.vit") is not None
+    else:
+        pytest.fail(f"GROUPPOSE_DETECTRON2={kind!r}: expected 'upstream' or 'python-only'")
 
 
 KEYPOINT_RCNN = "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml"
