@@ -1,0 +1,48 @@
+"""tools/gpu_check.py's CPU-side parts: the records of docs/benchmarks/gpu_inference.json and
+the choice of test files. (Its whole run is rehearsed with `gpu_check.py run --dry-run`, which
+needs `prepare`'s downloads.)"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("gpu_check", REPO_ROOT / "tools" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_check)
+
+
+def bench_result(dtype, **extra):
+    return {"size": [480, 800], "op": "compiled", "dtype": dtype, "latency_ms": 12.5, **extra}
+
+
+def test_inference_records_have_the_documented_format():
+    results = [
+        bench_result("fp32"),
+        bench_result("fp16"),
+        bench_result("bf16", mode="bf16 + CUDA graph", default=True),
+        bench_result("fp32", op="reference"),
+        {**bench_result("fp16"), "error": "CUDA out of memory"},
+    ]
+    records = gpu_check.inference_records(results, "NVIDIA H100 80GB HBM3")
+    assert records == [
+        {"device": "NVIDIA H100 80GB HBM3", "size": "480x800", "mode": "fp32", "default": True,
+         "dtype": "fp32", "ms": 12.5, "fps": 80.0},
+        {"device": "NVIDIA H100 80GB HBM3", "size": "480x800", "mode": "fp16 autocast",
+         "default": False, "dtype": "fp16", "ms": 12.5, "fps": 80.0},
+        {"device": "NVIDIA H100 80GB HBM3", "size": "480x800", "mode": "bf16 + CUDA graph",
+         "default": True, "dtype": "bf16", "ms": 12.5, "fps": 80.0},
+    ]
+
+
+def test_inference_records_refuse_an_unknown_dtype():
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        gpu_check.inference_records([bench_result("fp8")], "GPU")
+
+
+def test_cuda_test_files_are_those_with_cuda_tests():
+    files = gpu_check.cuda_test_files()
+    assert "tests/test_ms_deform_attn_cuda_dtypes.py" in files
+    assert "tests/test_ms_deform_attn.py" in files
+    assert "tests/test_gpu_check.py" not in files
