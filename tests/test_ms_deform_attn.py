@@ -1,12 +1,13 @@
 """Multi-scale deformable attention: the compiled op (CPU and CUDA) against the pure-PyTorch
-reference and the official implementation's tensors, its gradients, torch.compile /
-torch.export, input validation and the MSDeformAttn module."""
+reference and the official implementation's tensors, its gradients, half precision,
+torch.compile / torch.export, input validation and the MSDeformAttn module."""
 
 import importlib
 import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from grouppose.layers import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference
 
@@ -104,9 +105,11 @@ def test_op_matches_reference(shape, compiled_op):
         assert_close_to_magnitude(actual_grad, expected_grad, 1e-5)
 
 
-def test_gradcheck_borders_and_outside(compiled_op):
+# D = 32 takes the CPU forward's fixed-size channel path, D = 3 the generic one.
+@pytest.mark.parametrize("channels", [3, 32])
+def test_gradcheck_borders_and_outside(channels, compiled_op):
     value, spatial_shapes, level_start_index, locations, weights = make_inputs(
-        2, 4, 2, 3, [(3, 4), (2, 1), (1, 3)], 3, dtype=torch.float64
+        2, 4, 2, channels, [(3, 4), (2, 1), (1, 3)], 3, dtype=torch.float64
     )
     # Exactly on the map's borders (pixel coordinate -0.5 or size - 0.5: smooth points of the
     # bilinear interpolation), partly and completely outside the map.
@@ -123,8 +126,10 @@ def test_gradcheck_borders_and_outside(compiled_op):
     )
 
 
-def test_backward_is_deterministic_across_thread_counts(compiled_op):
-    inputs = make_inputs(1, 500, 2, 8, [(4, 4), (2, 2)], 4)  # many points per value position
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_is_deterministic_across_thread_counts(dtype, compiled_op):
+    inputs = list(make_inputs(1, 500, 2, 8, [(4, 4), (2, 2)], 4))  # many points per position
+    inputs[0] = inputs[0].to(dtype)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -153,30 +158,113 @@ def test_non_contiguous_inputs(compiled_op):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dtypes", [
-    (torch.float16, torch.float16, torch.float16),
-    (torch.bfloat16, torch.float32, torch.float32),
-])
-def test_low_precision_inputs_are_computed_in_float32(dtypes, compiled_op):
-    """Pure half precision, and autocast's mix (half value, float32 locations and weights)."""
-    inputs = list(make_inputs(2, 5, 3, 4, [(4, 3), (2, 2)], 2))
-    for index, dtype in zip(DIFFERENTIABLE, dtypes):
+HALF_DTYPES = [torch.bfloat16, torch.float16]
+
+
+def half_precision_inputs(dtype, shape=(2, 40, 3, 32, [(6, 5), (3, 3)], 4)):
+    """make_inputs with value rounded to `dtype` (locations and weights stay float32), and the
+    same inputs in float32 for the float32 kernel."""
+    inputs = list(make_inputs(*shape))
+    inputs[0] = inputs[0].to(dtype)
+    float_inputs = list(inputs)
+    float_inputs[0] = inputs[0].float()
+    return inputs, float_inputs
+
+
+@pytest.mark.parametrize("channels", [8, 32])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_precision_matches_float32_kernel(dtype, channels, compiled_op):
+    """Half value (float32 locations and weights, as under autocast) against the float32 kernel
+    on the same rounded values: the kernels compute in float32, so the half output and value
+    gradient are the float32 ones rounded once (within one half-precision ulp), and the
+    float32 location and weight gradients are the float32 kernel's."""
+    inputs, float_inputs = half_precision_inputs(dtype, (2, 40, 3, channels, [(6, 5), (3, 3)], 4))
+    cotangent = torch.randn(2, 40, 3 * channels, generator=torch.Generator().manual_seed(1))
+    actual = output_and_grads(ms_deform_attn, inputs, cotangent.to(dtype))
+    expected = output_and_grads(ms_deform_attn, float_inputs, cotangent.to(dtype).float())
+    assert [t.dtype for t in actual] == [dtype, dtype, torch.float32, torch.float32]
+    eps = torch.finfo(dtype).eps
+    for name, index in (("output", 0), ("grad_value", 1)):
+        torch.testing.assert_close(actual[index].float(), expected[index], rtol=eps, atol=1e-5,
+                                   msg=name)
+    for index in (2, 3):  # grad_sampling_locations, grad_attention_weights
+        assert_close_to_magnitude(actual[index], expected[index], 1e-5)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_locations_and_weights_are_cast_to_float32(dtype, compiled_op):
+    """All-half inputs: locations and weights are cast to float32 (exactly), and their
+    gradients come back in their dtype."""
+    inputs, _ = half_precision_inputs(dtype)
+    for index in (3, 4):
         inputs[index] = inputs[index].to(dtype)
-    output = ms_deform_attn(*inputs)
-    assert output.dtype == dtypes[0]
-    expected = ms_deform_attn(*[t.float() if t.is_floating_point() else t for t in inputs])
-    assert torch.equal(output, expected.to(dtypes[0]))
+    actual = output_and_grads(ms_deform_attn, inputs)
+    cast = list(inputs)
+    cast[3], cast[4] = inputs[3].float(), inputs[4].float()
+    expected = output_and_grads(ms_deform_attn, cast)
+    assert [t.dtype for t in actual] == [dtype] * 4
+    assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+    assert torch.equal(actual[2], expected[2].to(dtype))
+    assert torch.equal(actual[3], expected[3].to(dtype))
 
 
-def test_meta_tensors_give_the_output_shape(compiled_op):
+def test_reference_computes_half_values_in_float32():
+    inputs, float_inputs = half_precision_inputs(torch.bfloat16)
+    output = ms_deform_attn_reference(*inputs)
+    assert output.dtype == torch.bfloat16
+    assert torch.equal(output, ms_deform_attn_reference(*float_inputs).to(torch.bfloat16))
+
+
+class RecordOps(TorchDispatchMode):
+    """Records the ATen / custom ops that run, with their tensor arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((func, [a for a in args if isinstance(a, torch.Tensor)]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_autocast_calls_the_half_kernel_without_copying_value(compiled_op):
+    """Under CPU autocast value comes from a bfloat16 linear layer and the locations stay
+    float32: the op gets value as it is (no float32 copy) and returns bfloat16."""
+    inputs = list(make_inputs(2, 40, 3, 32, [(6, 5), (3, 3)], 4))
+    features = inputs[0].flatten(2)  # (N, S, M * D)
+    projection = torch.nn.Linear(96, 96)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = projection(features).view(inputs[0].shape)
+        assert value.dtype == torch.bfloat16
+        with RecordOps() as recorded:
+            output = ms_deform_attn(value, *inputs[1:])
+    assert output.dtype == torch.bfloat16
+    op_calls = [args for func, args in recorded.calls
+                if func == torch.ops.grouppose.ms_deform_attn.default]
+    assert len(op_calls) == 1 and op_calls[0][0].dtype == torch.bfloat16
+    copies = [func for func, args in recorded.calls if args and args[0].shape == value.shape]
+    assert copies == [torch.ops.grouppose.ms_deform_attn.default], copies
+    expected = ms_deform_attn(value.float(), *inputs[1:])
+    torch.testing.assert_close(output.float(), expected, rtol=torch.finfo(torch.bfloat16).eps,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_meta_tensors_give_the_output_shape_and_dtype(dtype, compiled_op):
     inputs = [t.to("meta") for t in make_inputs(2, 5, 3, 4, [(4, 3), (2, 2)], 2)]
+    inputs[0] = inputs[0].to(dtype)
     output = ms_deform_attn(*inputs)
     assert output.device.type == "meta" and output.shape == (2, 5, 12)
+    assert output.dtype == dtype
 
 
-def test_opcheck(compiled_op):
+# float64, and autocast's mix: a bfloat16 value with float32 locations and weights.
+@pytest.mark.parametrize("value_dtype", [torch.float64, torch.bfloat16])
+def test_opcheck(value_dtype, compiled_op):
     """Schema, fake kernel, autograd registration and AOT dispatch of the registered op."""
-    inputs = list(make_inputs(2, 6, 2, 4, [(3, 4), (2, 2)], 2, dtype=torch.float64))
+    dtype = torch.float64 if value_dtype == torch.float64 else torch.float32
+    inputs = list(make_inputs(2, 6, 2, 4, [(3, 4), (2, 2)], 2, dtype=dtype))
+    inputs[0] = inputs[0].to(value_dtype)
     for i in DIFFERENTIABLE:
         inputs[i].requires_grad_()
     torch.library.opcheck(compiled_op.default, tuple(inputs))
@@ -184,17 +272,22 @@ def test_opcheck(compiled_op):
 
 # aot_eager traces through Dynamo, the fake kernel and AOT autograd in a second; inductor
 # also generates and compiles C++ (about a minute on 2 cores).
-@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
-def test_torch_compile_fullgraph(backend, compiled_op):
+@pytest.mark.parametrize(("backend", "value_dtype"), [
+    ("aot_eager", torch.float32),
+    ("aot_eager", torch.bfloat16),
+    pytest.param("inductor", torch.float32, marks=pytest.mark.slow),
+])
+def test_torch_compile_fullgraph(backend, value_dtype, compiled_op):
     def attend_and_scale(*inputs):
         return ms_deform_attn(*inputs).relu() * 2
 
-    inputs = make_inputs(2, 9, 2, 8, [(5, 6), (3, 3)], 2)
+    inputs = list(make_inputs(2, 9, 2, 8, [(5, 6), (3, 3)], 2))
+    inputs[0] = inputs[0].to(value_dtype)
     compiled = torch.compile(attend_and_scale, fullgraph=True, backend=backend)
-    for actual, expected in zip(
-        output_and_grads(compiled, inputs), output_and_grads(attend_and_scale, inputs)
-    ):
-        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+    actual = output_and_grads(compiled, inputs)
+    assert actual[0].dtype == actual[1].dtype == value_dtype  # the fake kernel's dtype
+    for actual_tensor, expected in zip(actual, output_and_grads(attend_and_scale, inputs)):
+        torch.testing.assert_close(actual_tensor, expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("reference_dim", [2, 4])
@@ -212,7 +305,8 @@ def test_torch_export_module(reference_dim, compiled_op):
 BAD_INPUTS = [
     # (argument index, replacement maker, message fragment)
     (0, lambda t: t[0], r"value must have shape \(N, S, M, D\)"),
-    (0, lambda t: t.to(torch.int32), "value must be floating point"),
+    (0, lambda t: t.to(torch.int32), "value must be float32, float64, float16 or bfloat16"),
+    (0, lambda t: t.to(torch.float8_e4m3fn), "value must be float32, float64, float16 or bf"),
     (1, lambda t: t[:, :1], r"spatial_shapes must have shape \(L, 2\)"),
     (1, lambda t: t.float(), "spatial_shapes must be int64"),
     (1, lambda t: t + 1, "spatial_shapes must hold positive"),
@@ -220,7 +314,10 @@ BAD_INPUTS = [
     (2, lambda t: t + 1, r"level_start_index must be \[0, 20\]"),
     (3, lambda t: t[..., :1], r"sampling_locations must have shape \(N, Lq, M, L, P, 2\)"),
     (3, lambda t: t[:, :, :1], r"sampling_locations must have shape .* = \(2, Lq, 3, 2, P, 2\)"),
-    (3, lambda t: t.double(), "sampling_locations must have value's dtype"),
+    (3, lambda t: t.double(),
+     r"sampling_locations must have value's dtype torch.float32, got torch.float64"),
+    (4, lambda t: t.half(),
+     r"attention_weights must have value's dtype torch.float32, got torch.float16"),
     (4, lambda t: t[..., :1], r"attention_weights must have shape \(N, Lq, M, L, P\)"),
     (4, lambda t: t.to("meta"), "attention_weights is on meta"),
 ]
@@ -232,6 +329,70 @@ def test_validation_errors(index, make_bad, message):
     inputs[index] = make_bad(inputs[index])
     with pytest.raises(ValueError, match=message):
         ms_deform_attn(*inputs)
+
+
+# With a half value, sampling_locations / attention_weights may have its dtype or float32.
+HALF_VALUE_BAD_DTYPES = [
+    (torch.bfloat16, torch.float64, torch.float32,
+     r"sampling_locations must have value's dtype torch.bfloat16 or float32, got torch.float64"),
+    (torch.bfloat16, torch.float32, torch.float16,
+     r"attention_weights must have value's dtype torch.bfloat16 or float32, got torch.float16"),
+    (torch.float16, torch.bfloat16, torch.float32,
+     r"sampling_locations must have value's dtype torch.float16 or float32, got torch.bfloat16"),
+]
+
+
+@pytest.mark.parametrize(("value_dtype", "locations_dtype", "weights_dtype", "message"),
+                         HALF_VALUE_BAD_DTYPES)
+def test_half_value_dtype_errors(value_dtype, locations_dtype, weights_dtype, message):
+    inputs = list(make_inputs(2, 4, 3, 4, [(4, 5), (2, 3)], 2))
+    for index, dtype in ((0, value_dtype), (3, locations_dtype), (4, weights_dtype)):
+        inputs[index] = inputs[index].to(dtype)
+    with pytest.raises(ValueError, match=message):
+        ms_deform_attn(*inputs)
+
+
+# The compiled op's own checks (shared by its CPU and CUDA kernels), for direct calls.
+OP_BAD_DTYPES = [
+    (torch.int32, torch.float32, torch.float32,
+     "value must be float32, float64, float16 or bfloat16, got Int"),
+    (torch.float32, torch.float64, torch.float32,
+     "sampling_locations must have value's dtype Float, got Double"),
+    (torch.float64, torch.float64, torch.float32,
+     "attention_weights must have value's dtype Double, got Float"),
+    (torch.bfloat16, torch.float16, torch.float32,
+     "sampling_locations must have value's dtype BFloat16 or float32, got Half"),
+    (torch.float16, torch.float32, torch.float64,
+     "attention_weights must have value's dtype Half or float32, got Double"),
+]
+
+
+@pytest.mark.parametrize(("value_dtype", "locations_dtype", "weights_dtype", "message"),
+                         OP_BAD_DTYPES)
+def test_op_dtype_errors(value_dtype, locations_dtype, weights_dtype, message, compiled_op):
+    inputs = list(make_inputs(2, 4, 3, 4, [(4, 5), (2, 3)], 2))
+    for index, dtype in ((0, value_dtype), (3, locations_dtype), (4, weights_dtype)):
+        inputs[index] = inputs[index].to(dtype)
+    with pytest.raises(RuntimeError, match=message):
+        compiled_op(*inputs)
+
+
+@pytest.mark.parametrize("value_dtype", [torch.float16, torch.bfloat16])
+def test_op_accepts_half_locations_and_weights(value_dtype, compiled_op):
+    """Direct calls may pass value's half dtype for locations and weights (the wrapper passes
+    float32): same results as with them in float32, gradients in their dtypes."""
+    inputs, _ = half_precision_inputs(value_dtype)
+    for index in (3, 4):
+        inputs[index] = inputs[index].to(value_dtype)
+    cast = list(inputs)
+    cast[3], cast[4] = inputs[3].float(), inputs[4].float()
+    grad_output = torch.randn(2, 40, 96).to(value_dtype)
+    assert torch.equal(compiled_op(*inputs), compiled_op(*cast))
+    actual = torch.ops.grouppose.ms_deform_attn_backward(grad_output, *inputs)
+    expected = torch.ops.grouppose.ms_deform_attn_backward(grad_output, *cast)
+    assert [t.dtype for t in actual] == [value_dtype] * 3
+    for actual_tensor, expected_tensor in zip(actual, expected):
+        assert torch.equal(actual_tensor, expected_tensor.to(value_dtype))
 
 
 @pytest.mark.parametrize(("index", "make_bad"), [(1, lambda t: t + 1), (2, lambda t: t + 1)])
@@ -368,12 +529,13 @@ def test_cuda_gradcheck(compiled_op):
     assert torch.autograd.gradcheck(ms_deform_attn, tuple(inputs))
 
 
+@pytest.mark.parametrize("channels", [4, 32])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def test_non_finite_and_huge_locations_sample_zero(device, compiled_op):
-    inputs = make_inputs(1, 3, 2, 4, [(3, 4)], 1)  # one point per query and head
+def test_non_finite_and_huge_locations_sample_zero(device, channels, compiled_op):
+    inputs = make_inputs(1, 3, 2, channels, [(3, 4)], 1)  # one point per query and head
     inputs[3][0, :, 0, 0, 0] = torch.tensor(
         [[float("nan"), 0.5], [0.5, float("inf")], [-1e30, 1e30]]
     )
     output = ms_deform_attn(*[t.to(device) for t in inputs])
-    assert torch.equal(output[..., :4].cpu(), torch.zeros(1, 3, 4))  # head 0
-    assert output[..., 4:].abs().sum() > 0  # head 1
+    assert torch.equal(output[..., :channels].cpu(), torch.zeros(1, 3, channels))  # head 0
+    assert output[..., channels:].abs().sum() > 0  # head 1

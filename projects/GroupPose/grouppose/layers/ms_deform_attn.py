@@ -9,6 +9,13 @@ Shapes used throughout:
 ``grouppose._C`` (see ``csrc/``); importing this module loads it and registers the op's fake
 kernel and autograd formula. Without the extension (or without a kernel for the inputs' device)
 it falls back to ``ms_deform_attn_reference`` and warns once, naming the reason.
+
+Dtypes: value is float32, float64, float16 or bfloat16, and the output has its dtype.
+sampling_locations and attention_weights have value's dtype, or float32 when value is float16 /
+bfloat16: sampling positions need float32 precision, which autocast provides (its softmax and
+the location arithmetic stay in float32); ``ms_deform_attn`` casts those of a half value's
+dtype to float32 itself. The kernels read half-precision values as they are (no float32 copy)
+and compute in float32.
 """
 
 import math
@@ -23,6 +30,8 @@ __all__ = ["MSDeformAttn", "ms_deform_attn", "ms_deform_attn_reference"]
 
 _OP_NAME = "grouppose::ms_deform_attn"
 _BACKWARD_OP_NAME = "grouppose::ms_deform_attn_backward"
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_VALUE_DTYPES = (torch.float32, torch.float64) + _HALF_DTYPES
 
 
 def _load_extension() -> Optional[str]:
@@ -137,13 +146,18 @@ def _check_inputs(
             f"ms_deform_attn: attention_weights must have shape (N, Lq, M, L, P) = "
             f"{(N, Lq, M, L, P)}, got {tuple(attention_weights.shape)}"
         )
-    if not value.is_floating_point():
-        raise ValueError(f"ms_deform_attn: value must be floating point, got {value.dtype}")
+    if value.dtype not in _VALUE_DTYPES:
+        raise ValueError(
+            f"ms_deform_attn: value must be float32, float64, float16 or bfloat16, "
+            f"got {value.dtype}"
+        )
+    half_value = value.dtype in _HALF_DTYPES
     for name in ("sampling_locations", "attention_weights"):
-        if named[name].dtype != value.dtype:
+        dtype = named[name].dtype
+        if dtype != value.dtype and not (half_value and dtype == torch.float32):
             raise ValueError(
-                f"ms_deform_attn: {name} must have value's dtype {value.dtype} (float16 and "
-                f"bfloat16 count as float32), got {named[name].dtype}"
+                f"ms_deform_attn: {name} must have value's dtype {value.dtype}"
+                f"{' or float32' if half_value else ''}, got {dtype}"
             )
     for name in ("spatial_shapes", "level_start_index"):
         if named[name].dtype != torch.int64:
@@ -207,18 +221,22 @@ def ms_deform_attn(
             (i + 0.5) / size (``grid_sample(align_corners=False)``); zero outside the map.
         attention_weights: (N, Lq, M, L, P).
 
-    Float16 / bfloat16 inputs are computed in float32 (sampling positions need its precision),
-    which also serves autocast, where value comes in half precision and the locations in
-    float32; the output has value's dtype.
+    value may be float32, float64, float16 or bfloat16; sampling_locations and
+    attention_weights have its dtype, or float32 when it is float16 / bfloat16 (autocast's mix).
+    Locations and weights of a half value's dtype are cast to float32 (exactly), since sampling
+    positions need its precision; value itself is read as it is, and every sum is computed in
+    float32.
 
     Returns:
-        (N, Lq, M * D): per query and head, the attention-weighted sum of the bilinearly
-        sampled values.
+        (N, Lq, M * D) of value's dtype: per query and head, the attention-weighted sum of the
+        bilinearly sampled values.
     """
-    output_dtype = value.dtype if isinstance(value, Tensor) else None
-    value, sampling_locations, attention_weights = (
-        _promote_low_precision(tensor) for tensor in (value, sampling_locations, attention_weights)
-    )
+    if isinstance(value, Tensor) and value.dtype in _HALF_DTYPES:
+        sampling_locations, attention_weights = (
+            tensor.float() if isinstance(tensor, Tensor) and tensor.dtype == value.dtype
+            else tensor
+            for tensor in (sampling_locations, attention_weights)
+        )
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     reason = _kernel_unavailable_reason(value.device)
     if reason is not None:
@@ -234,13 +252,7 @@ def ms_deform_attn(
             sampling_locations.contiguous(),
             attention_weights.contiguous(),
         )
-    return output.to(output_dtype)
-
-
-def _promote_low_precision(tensor: Tensor) -> Tensor:
-    if isinstance(tensor, Tensor) and tensor.dtype in (torch.float16, torch.bfloat16):
-        return tensor.float()
-    return tensor
+    return output
 
 
 def ms_deform_attn_reference(
@@ -250,7 +262,13 @@ def ms_deform_attn_reference(
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
-    """Pure-PyTorch ``ms_deform_attn`` (same arguments and result), built on ``grid_sample``."""
+    """Pure-PyTorch ``ms_deform_attn`` (same arguments and result), built on ``grid_sample``.
+    A half-precision value is computed in float32, like the compiled kernels do."""
+    output_dtype = value.dtype
+    if output_dtype in _HALF_DTYPES:
+        value, sampling_locations, attention_weights = (
+            value.float(), sampling_locations.float(), attention_weights.float()
+        )
     N, _, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
     # grid_sample samples (batch, channels, H, W) maps at [-1, 1] grids: fold heads into batch.
@@ -273,7 +291,7 @@ def ms_deform_attn_reference(
     sampled = torch.stack(sampled, dim=-2).flatten(-2)  # (N*M, D, Lq, L*P)
     weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L * P)
     output = (sampled * weights).sum(-1)  # (N*M, D, Lq)
-    return output.view(N, M * D, Lq).transpose(1, 2).contiguous()
+    return output.view(N, M * D, Lq).transpose(1, 2).contiguous().to(output_dtype)
 
 
 def _register_op_python_parts() -> None:

@@ -45,10 +45,20 @@ MSDeformAttnSizes check_ms_deform_attn_inputs(
   TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong &&
                   level_start_index.scalar_type() == at::kLong,
               "ms_deform_attn: spatial_shapes and level_start_index must be int64");
-  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
-                  attention_weights.scalar_type() == value.scalar_type(),
-              "ms_deform_attn: sampling_locations and attention_weights must have value's dtype ",
-              value.scalar_type());
+  // The dtype policy of ms_deform_attn.h.
+  const at::ScalarType value_type = value.scalar_type();
+  const bool half_value = value_type == at::kHalf || value_type == at::kBFloat16;
+  TORCH_CHECK(half_value || value_type == at::kFloat || value_type == at::kDouble,
+              "ms_deform_attn: value must be float32, float64, float16 or bfloat16, got ",
+              value_type);
+  const auto check_dtype = [&](const char* name, const at::Tensor& tensor) {
+    TORCH_CHECK(tensor.scalar_type() == value_type ||
+                    (half_value && tensor.scalar_type() == at::kFloat),
+                "ms_deform_attn: ", name, " must have value's dtype ", value_type,
+                half_value ? " or float32" : "", ", got ", tensor.scalar_type());
+  };
+  check_dtype("sampling_locations", sampling_locations);
+  check_dtype("attention_weights", attention_weights);
   for (const at::Tensor* tensor :
        {&spatial_shapes, &level_start_index, &sampling_locations, &attention_weights}) {
     TORCH_CHECK(tensor->device() == value.device(),
