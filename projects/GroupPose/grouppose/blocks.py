@@ -4,6 +4,8 @@ import math
 
 from torch import Tensor, nn
 
+from grouppose.layers.linear import Linear
+
 # The official refinement clamps probabilities to [eps, 1 - eps] before taking the logit, so a
 # keypoint that reached an image border can still move back inside.
 INVERSE_SIGMOID_EPS = 1e-3
@@ -33,15 +35,13 @@ class MLP(nn.Module):
         if num_layers < 1:
             raise ValueError(f"MLP: num_layers must be >= 1, got {num_layers}")
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(dims, dims[1:]))
+        self.layers = nn.ModuleList(Linear(d_in, d_out) for d_in, d_out in zip(dims, dims[1:]))
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., input_dim) -> (..., output_dim)."""
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = x.relu()
-        return x
+        for layer in self.layers[:-1]:
+            x = layer.forward_relu(x)
+        return self.layers[-1](x)
 
 
 class FeedForward(nn.Module):
@@ -49,12 +49,14 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.linear1 = nn.Linear(dim, hidden_dim)
-        self.linear2 = nn.Linear(hidden_dim, dim)
+        self.linear1 = Linear(dim, hidden_dim)
+        self.linear2 = Linear(hidden_dim, dim)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., dim) -> (..., dim)."""
-        update = self.linear2(self.dropout(self.linear1(x).relu()))
-        return self.norm(x + self.dropout(update))
+        update = self.dropout(self.linear2(self.dropout(self.linear1.forward_relu(x))))
+        # In place: no autograd formula needs the update itself, and at the encoder's sizes a
+        # new tensor costs as much as the add.
+        return self.norm(update.add_(x))

@@ -14,6 +14,9 @@ from grouppose.backbone.input_projection import GROUP_NORM_GROUPS
 from grouppose.oks import as_sigmas, default_oks_sigmas
 from grouppose.variants import DecoderVariant, config_key
 
+# MODEL.GROUP_POSE.INFERENCE_PRECISION -> the autocast dtype of inference (None: float32).
+INFERENCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 def add_grouppose_config(cfg: CfgNode) -> None:
     """Add ``cfg.MODEL.GROUP_POSE`` with the paper's defaults (ResNet-50, COCO).
@@ -54,6 +57,9 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     # (at most NUM_INSTANCES: the model predicts no more).
     gp.TEST_TOPK = 50
     gp.TEST_SCORE_THRESH = 0.0
+    # Precision of inference (training: SOLVER.AMP): "fp32", or "bf16" / "fp16" autocast (bf16
+    # for CPUs with AVX512-BF16 / AMX and for GPUs; sampling positions stay float32).
+    gp.INFERENCE_PRECISION = "fp32"
     # Ablation switches (paper Table 4, Appendix A); the defaults are the paper's model. Their
     # meanings and valid combinations: grouppose.variants.DecoderVariant.
     gp.SELF_ATTN = "group"  # group | standard | standard_masked (Table 4d, Fig. 3)
@@ -210,6 +216,9 @@ _RULES: Dict[str, _Rule] = {
     ),
     "TEST_TOPK": _integer(1),
     "TEST_SCORE_THRESH": _UNIT_INTERVAL,
+    "INFERENCE_PRECISION": _Rule(
+        f"one of {sorted(INFERENCE_DTYPES)}", lambda v: v in INFERENCE_DTYPES
+    ),
     "DETECTION_DECODER_LAYERS": _integer(0),
 }
 

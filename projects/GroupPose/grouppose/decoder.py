@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from grouppose.blocks import MLP, FeedForward, inverse_sigmoid, person_prior_logit
 from grouppose.encoder import FlattenedLevels
-from grouppose.layers import MSDeformAttn
+from grouppose.layers import Linear, MSDeformAttn
 from grouppose.position_encoding import point_position_encoding
 from grouppose.variants import PAPER_VARIANT, DecoderVariant
 
@@ -171,7 +171,7 @@ class GroupPoseDecoderLayer(nn.Module):
         x = add_positions(x, positions, self.variant.positioned_slice).reshape(B, N * G, C)
         update = self.cross_attn(
             x, reference_points.flatten(1, 2), memory, levels.spatial_shapes,
-            levels.level_start_index, levels.padding_mask,
+            levels.level_start_index, levels.value_mask,
         )
         x = self.cross_attn_norm(x + self.dropout(update))
         return self.ffn(x).view(B, N, G, C)
@@ -223,7 +223,7 @@ class GroupPoseDecoder(nn.Module):
         )
         # Position of a keypoint query: MLP of the sine encoding of its reference point.
         self.keypoint_pos_head = MLP(dim, dim, dim, 2)
-        self.class_heads = nn.ModuleList(nn.Linear(dim, 1) for _ in range(num_layers))
+        self.class_heads = nn.ModuleList(Linear(dim, 1) for _ in range(num_layers))
         # An (x, y) offset per keypoint query, or all K from a lone instance query.
         offsets = 2 if variant.has_keypoint_queries else 2 * num_keypoints
         self.keypoint_heads = nn.ModuleList(MLP(dim, dim, offsets, 3) for _ in range(num_layers))

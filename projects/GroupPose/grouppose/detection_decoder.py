@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from grouppose.blocks import MLP, FeedForward, inverse_sigmoid, person_prior_logit
 from grouppose.encoder import FlattenedLevels
-from grouppose.layers import MSDeformAttn
+from grouppose.layers import Linear, MSDeformAttn
 from grouppose.position_encoding import point_position_encoding
 from grouppose.query_selection import PROPOSAL_BASE_SIZE, encoder_proposals
 
@@ -89,7 +89,7 @@ class HumanDetectionLayer(nn.Module):
         x = self.self_attn_norm(content + self.dropout(update))
         update = self.cross_attn(
             x + pos, boxes, memory, levels.spatial_shapes, levels.level_start_index,
-            levels.padding_mask,
+            levels.value_mask,
         )
         x = self.cross_attn_norm(x + self.dropout(update))
         return self.ffn(x)
@@ -124,7 +124,7 @@ class HumanDetectionDecoder(nn.Module):
             for _ in range(num_layers)
         )
         self.box_pos_head = MLP(2 * dim, dim, dim, 2)
-        self.class_heads = nn.ModuleList(nn.Linear(dim, 1) for _ in range(num_layers))
+        self.class_heads = nn.ModuleList(Linear(dim, 1) for _ in range(num_layers))
         self.box_heads = nn.ModuleList(MLP(dim, dim, 4, 3) for _ in range(num_layers))
         self.pose_head = MLP(dim, dim, 2 * num_keypoints, 3)
         self.reset_parameters()

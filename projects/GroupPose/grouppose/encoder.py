@@ -1,7 +1,7 @@
 """Deformable transformer encoder (Deformable DETR) over the flattened multi-level features."""
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,9 @@ class FlattenedLevels:
     level_shapes: List[Tuple[int, int]]
     level_start_index: Tensor  # (L,) int64 offset of each level in S
     valid_ratios: Tensor  # (B, L, 2) unpadded fraction (w, h) of each level's map
+    # What the deformable attentions zero values with: padding_mask, or None when no image of
+    # the batch is padded (a mask of all False would only cost a pass over the values).
+    value_mask: Optional[Tensor]
 
 
 def valid_ratios(mask: Tensor) -> Tensor:
@@ -38,7 +41,7 @@ def valid_ratios(mask: Tensor) -> Tensor:
 
 
 def flatten_levels(
-    features: List[Tensor], masks: List[Tensor], pos: List[Tensor]
+    features: List[Tensor], masks: List[Tensor], pos: List[Tensor], padded: bool = True
 ) -> FlattenedLevels:
     """Flatten per-level maps into one sequence.
 
@@ -46,19 +49,23 @@ def flatten_levels(
         features: L tensors (B, C, H_l, W_l).
         masks: L tensors (B, H_l, W_l) bool, True on padding.
         pos: L tensors (B, C, H_l, W_l) position encodings.
+        padded: whether any image of the batch is padded (known on the host from the image
+            sizes; False means the masks are all False).
     """
     device = features[0].device
     level_shapes = [(feature.shape[-2], feature.shape[-1]) for feature in features]
     spatial_shapes = torch.tensor(level_shapes, dtype=torch.long, device=device)
     areas = spatial_shapes.prod(1)
+    padding_mask = torch.cat([m.flatten(1) for m in masks], dim=1)
     return FlattenedLevels(
         features=torch.cat([f.flatten(2).transpose(1, 2) for f in features], dim=1),
-        padding_mask=torch.cat([m.flatten(1) for m in masks], dim=1),
+        padding_mask=padding_mask,
         pos=torch.cat([p.flatten(2).transpose(1, 2) for p in pos], dim=1),
         spatial_shapes=spatial_shapes,
         level_shapes=level_shapes,
         level_start_index=torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]]),
         valid_ratios=torch.stack([valid_ratios(m) for m in masks], dim=1),
+        value_mask=padding_mask if padded else None,
     )
 
 
@@ -114,9 +121,10 @@ class DeformableEncoderLayer(nn.Module):
         """
         update = self.self_attn(
             src + pos, reference_points, src, levels.spatial_shapes, levels.level_start_index,
-            levels.padding_mask,
+            levels.value_mask,
         )
-        src = self.self_attn_norm(src + self.dropout(update))
+        # In place, as in FeedForward: no autograd formula needs the update.
+        src = self.self_attn_norm(self.dropout(update).add_(src))
         return self.ffn(src)
 
 

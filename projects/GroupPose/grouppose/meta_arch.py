@@ -1,7 +1,8 @@
 """Group Pose (ICCV 2023) as a Detectron2 meta-architecture: images -> losses | Instances."""
 
+import contextlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import ContextManager, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from grouppose.backbone import InputProjection, use_affine_frozen_batch_norm
-from grouppose.config import check_grouppose_config, resolve_oks_sigmas
+from grouppose.config import INFERENCE_DTYPES, check_grouppose_config, resolve_oks_sigmas
 from grouppose.criterion import INTERM_SUFFIX, SetCriterion, build_targets
 from grouppose.decoder import DecoderOutput, GroupPoseDecoder
 from grouppose.detection_criterion import DetectionCriterion, person_boxes
@@ -97,6 +98,7 @@ class GroupPose(nn.Module):
         test_score_thresh: float = 0.0,
         detection_decoder: Optional[HumanDetectionDecoder] = None,
         detection_criterion: Optional[DetectionCriterion] = None,
+        inference_dtype: Optional[torch.dtype] = None,
     ):
         """
         Args:
@@ -112,6 +114,8 @@ class GroupPose(nn.Module):
             aux_loss: whether earlier decoder layers are supervised too.
             test_topk, test_score_thresh: inference keeps the test_topk best persons scoring
                 above test_score_thresh.
+            inference_dtype: autocast dtype of inference (bfloat16 / float16), or None for
+                float32. Training is unaffected (see SOLVER.AMP).
         """
         super().__init__()
         if (detection_decoder is None) != (detection_criterion is None):
@@ -130,6 +134,7 @@ class GroupPose(nn.Module):
         self.test_score_thresh = test_score_thresh
         self.detection_decoder = detection_decoder
         self.detection_criterion = detection_criterion
+        self.inference_dtype = inference_dtype
         # Mean / std of images scaled to [0, 1], divided in float64 so that they round to the
         # official float32 constants (0.485, ..., 0.229, ...); see preprocess_image.
         for name, values in (("image_mean", pixel_mean), ("image_std", pixel_std)):
@@ -212,6 +217,7 @@ class GroupPose(nn.Module):
             "aux_loss": gp.AUX_LOSS,
             "test_topk": gp.TEST_TOPK,
             "test_score_thresh": gp.TEST_SCORE_THRESH,
+            "inference_dtype": INFERENCE_DTYPES[gp.INFERENCE_PRECISION],
             **detection,
         }
 
@@ -237,7 +243,8 @@ class GroupPose(nn.Module):
             inference: per image ``{"instances": Instances}`` (see poses_to_instances).
         """
         images = self.preprocess_image(batched_inputs)
-        network = self.network(images)
+        with self._inference_autocast():
+            network = self.network(images)
         if self.training:
             targets = [
                 self._targets(x["instances"], image_size)
@@ -263,6 +270,12 @@ class GroupPose(nn.Module):
             )
         ]
 
+    def _inference_autocast(self) -> ContextManager:
+        """Autocast to ``inference_dtype`` at inference, nothing otherwise."""
+        if self.training or self.inference_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.inference_dtype)
+
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise, then zero-pad bottom/right to the largest image (no size divisibility).
 
@@ -287,7 +300,8 @@ class GroupPose(nn.Module):
             feature_map_position_encoding(m, level.shape[1] // 2, self.pos_temperature)
             for m, level in zip(masks, levels)
         ]
-        flattened = flatten_levels(levels, masks, pos)
+        padded = any(tuple(size) != tuple(images.tensor.shape[-2:]) for size in images.image_sizes)
+        flattened = flatten_levels(levels, masks, pos, padded)
         memory = self.encoder(flattened)
         selection = self.query_selection(
             memory, flattened.padding_mask, flattened.level_shapes

@@ -54,10 +54,11 @@ def poses_to_instances(
         XYXY tight box around the keypoints.
     """
     height, width = output_size
-    scores, indices = logits.sigmoid().topk(min(topk, logits.shape[0]))
+    # float32 whatever the inference precision (see GroupPose.inference_dtype).
+    scores, indices = logits.float().sigmoid().topk(min(topk, logits.shape[0]))
     keep = scores > score_threshold
     scores, indices = scores[keep], indices[keep]
-    pred_keypoints = keypoints_to_pixels(keypoints[indices], output_size)
+    pred_keypoints = keypoints_to_pixels(keypoints[indices].float(), output_size)
     xy = pred_keypoints[..., :2]
     instances = Instances((height, width))
     instances.pred_keypoints = pred_keypoints

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from grouppose.blocks import MLP, person_prior_logit
+from grouppose.layers import Linear
 from grouppose.variants import PAPER_VARIANT, DecoderVariant
 
 # A proposal (center x, y and size w, h, all normalised) must lie strictly inside this open
@@ -86,9 +87,9 @@ class QuerySelection(nn.Module):
         super().__init__()
         self.num_keypoints = num_keypoints
         self.num_instances = num_instances
-        self.memory_proj = nn.Linear(dim, dim)
+        self.memory_proj = Linear(dim, dim)
         self.memory_norm = nn.LayerNorm(dim)
-        self.class_head = nn.Linear(dim, 1)
+        self.class_head = Linear(dim, 1)
         self.keypoint_head = MLP(dim, 2 * dim, 2 * num_keypoints, 4)
         self.reset_parameters()
 

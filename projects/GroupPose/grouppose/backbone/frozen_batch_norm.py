@@ -1,6 +1,11 @@
-"""Frozen BatchNorm computed the way the official (DETR-family) backbones compute it."""
+"""Frozen BatchNorm computed the way the official (DETR-family) backbones compute it, and folded
+into the preceding convolution at inference."""
 
-from detectron2.layers import FrozenBatchNorm2d
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import Tensor, nn
 
 
@@ -14,15 +19,57 @@ class AffineFrozenBatchNorm2d(FrozenBatchNorm2d):
     the first trained stage by more than 1e-3 (relative), so we match the official arithmetic.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
+    def scale_and_shift(self) -> Tuple[Tensor, Tensor]:
+        """(C,) ``scale`` and ``shift`` of ``x * scale + shift``."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = self.scale_and_shift()
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+
+
+class FrozenBNConv2d(Conv2d):
+    """Detectron2's ``Conv2d`` whose ``norm`` is an AffineFrozenBatchNorm2d (same attributes,
+    parameters and checkpoints), run as one convolution with the norm folded into its weight and
+    bias where no gradient is recorded.
+
+    At inference the norm's pass over every backbone activation (a multiply and an add) then
+    disappears. With gradients it computes the convolution and then the norm, as the official
+    backbone does (see AffineFrozenBatchNorm2d). The folded weights are cached until a parameter
+    or buffer changes (loading weights, moving the model).
+    """
+
+    _folded: Optional[Tuple[tuple, Tensor, Tensor]] = None  # (key, weight, bias)
+
+    def _folded_weight_and_bias(self) -> Tuple[Tensor, Tensor]:
+        tensors = [self.weight, *self.norm.buffers(), *self.norm.parameters()]
+        if self.bias is not None:
+            tensors.append(self.bias)
+        key = None if torch.compiler.is_compiling() else tuple(
+            (t.data_ptr(), t._version, t.dtype) for t in tensors
+        )
+        if key is not None and self._folded is not None and self._folded[0] == key:
+            return self._folded[1:]
+        scale, shift = self.norm.scale_and_shift()
+        weight = self.weight * scale.view(-1, 1, 1, 1)
+        bias = shift if self.bias is None else self.bias * scale + shift
+        if key is not None:
+            self._folded = (key, weight, bias)
+        return weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        weight, bias = self._folded_weight_and_bias()
+        x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return x if self.activation is None else self.activation(x)
 
 
 def use_affine_frozen_batch_norm(module: nn.Module) -> nn.Module:
     """Replace, in place, every FrozenBatchNorm2d inside ``module`` by an
-    AffineFrozenBatchNorm2d with the same buffers; returns ``module``."""
+    AffineFrozenBatchNorm2d with the same buffers, and make every Detectron2 ``Conv2d`` it
+    normalises a FrozenBNConv2d; returns ``module``."""
     for name, child in module.named_children():
         if isinstance(child, FrozenBatchNorm2d) and not isinstance(child, AffineFrozenBatchNorm2d):
             affine = AffineFrozenBatchNorm2d(child.num_features, eps=child.eps)
@@ -30,4 +77,7 @@ def use_affine_frozen_batch_norm(module: nn.Module) -> nn.Module:
             setattr(module, name, affine.to(child.weight.device))
         else:
             use_affine_frozen_batch_norm(child)
+    if type(module) is Conv2d and isinstance(module.norm, AffineFrozenBatchNorm2d):
+        # Only the class changes: the module keeps its attributes, parameters and state.
+        module.__class__ = FrozenBNConv2d
     return module

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .linear import Linear
+
 __all__ = ["MSDeformAttn", "ms_deform_attn", "ms_deform_attn_reference"]
 
 _OP_NAME = "grouppose::ms_deform_attn"
@@ -352,10 +354,10 @@ class MSDeformAttn(nn.Module):
         self.n_levels = n_levels
         self.n_heads = n_heads
         self.n_points = n_points
-        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, d_model)
-        self.output_proj = nn.Linear(d_model, d_model)
+        self.sampling_offsets = Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = Linear(d_model, d_model)
+        self.output_proj = Linear(d_model, d_model)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -427,7 +429,7 @@ class MSDeformAttn(nn.Module):
         references = reference_points[:, :, None, :, None, :]  # (N, Lq, 1, L, 1, 2 or 4)
         if reference_points.shape[-1] == 2:
             level_sizes_xy = input_spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) = (W, H)
-            locations = references + offsets / level_sizes_xy[:, None, :]
+            locations = torch.addcdiv(references, offsets, level_sizes_xy[:, None, :])
         else:
             locations = references[..., :2] + offsets / P * references[..., 2:] * 0.5
         output = ms_deform_attn(
