@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import Tensor, nn
 
+from grouppose.layers.parameter_cache import ParameterCache
+
 
 class AffineFrozenBatchNorm2d(FrozenBatchNorm2d):
     """Detectron2's FrozenBatchNorm2d (same buffers, same checkpoints) that always computes
@@ -40,28 +42,31 @@ class FrozenBNConv2d(Conv2d):
     or buffer changes (loading weights, moving the model).
     """
 
-    _folded: Optional[Tuple[tuple, Tensor, Tensor]] = None  # (key, weight, bias)
+    _folded: Optional[ParameterCache] = None  # the folded (weight, bias)
 
-    def _folded_weight_and_bias(self) -> Tuple[Tensor, Tensor]:
-        tensors = [self.weight, *self.norm.buffers(), *self.norm.parameters()]
-        if self.bias is not None:
-            tensors.append(self.bias)
-        key = None if torch.compiler.is_compiling() else tuple(
-            (t.data_ptr(), t._version, t.dtype) for t in tensors
-        )
-        if key is not None and self._folded is not None and self._folded[0] == key:
-            return self._folded[1:]
-        scale, shift = self.norm.scale_and_shift()
-        weight = self.weight * scale.view(-1, 1, 1, 1)
-        bias = shift if self.bias is None else self.bias * scale + shift
-        if key is not None:
-            self._folded = (key, weight, bias)
-        return weight, bias
+    def _folded_weight_and_bias(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        """Folded (weight, bias) in ``dtype`` (cast once, where autocast would cast per call)."""
+        if self._folded is None:
+            self._folded = ParameterCache()
+
+        def fold() -> Tuple[Tensor, Tensor]:
+            scale, shift = self.norm.scale_and_shift()
+            weight = self.weight * scale.view(-1, 1, 1, 1)
+            bias = shift if self.bias is None else self.bias * scale + shift
+            return weight.to(dtype), bias.to(dtype)
+
+        sources = (self.weight, self.bias, *self.norm.buffers(), *self.norm.parameters())
+        return self._folded.get(sources, fold, variant=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled():
             return super().forward(x)
-        weight, bias = self._folded_weight_and_bias()
+        device = x.device.type
+        dtype = (
+            torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+            else self.weight.dtype
+        )
+        weight, bias = self._folded_weight_and_bias(dtype)
         x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         return x if self.activation is None else self.activation(x)
 

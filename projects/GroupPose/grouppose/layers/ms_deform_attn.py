@@ -426,11 +426,19 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(dim=-1)
         weights = weights.view(N, Lq, M, L, P)
 
-        references = reference_points[:, :, None, :, None, :]  # (N, Lq, 1, L, 1, 2 or 4)
         if reference_points.shape[-1] == 2:
-            level_sizes_xy = input_spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) = (W, H)
-            locations = torch.addcdiv(references, offsets, level_sizes_xy[:, None, :])
+            # reference + offset / (W, H) of its level, computed over rows of L * P * 2 values
+            # (references and level sizes repeated per point): broadcasting pairs instead is
+            # 5x slower on the CPU. Level sizes in float32: under bfloat16 autocast they would
+            # round above 256.
+            level_sizes_xy = input_spatial_shapes.flip(-1).to(torch.float32)  # (L, 2) = (W, H)
+            locations = torch.addcdiv(
+                reference_points.repeat(1, 1, 1, P).view(N, Lq, 1, L * P * 2),
+                offsets.view(N, Lq, M, L * P * 2),
+                level_sizes_xy.repeat(1, P).view(L * P * 2),
+            ).view(N, Lq, M, L, P, 2)
         else:
+            references = reference_points[:, :, None, :, None, :]  # (N, Lq, 1, L, 1, 4)
             locations = references[..., :2] + offsets / P * references[..., 2:] * 0.5
         output = ms_deform_attn(
             value, input_spatial_shapes, input_level_start_index, locations, weights
