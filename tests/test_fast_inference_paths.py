@@ -6,12 +6,15 @@ gradients take, and its caches are checked to follow weight changes."""
 import pytest
 import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.modeling import build_model
+from tiny_grouppose import tiny_config
 from torch import nn
 
 from grouppose.backbone.frozen_batch_norm import FrozenBNConv2d, use_affine_frozen_batch_norm
 from grouppose.blocks import FeedForward
-from grouppose.layers import Linear
+from grouppose.layers import Linear, plain_inference
 from grouppose.layers.linear import linear, runs_onednn
+from grouppose.meta_arch import _backbone_layout
 
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(),
@@ -142,3 +145,36 @@ def test_feed_forward_keeps_the_plain_path_in_training_mode():
         assert torch.equal(first, ffn(x))  # dropout is applied: not the inference blocks
         ffn.eval()
         assert not torch.allclose(first, ffn(x))
+
+
+def test_plain_inference_turns_every_fast_path_off():
+    conv = frozen_bn_conv()
+    x = torch.randn(1, 3, 9, 9)
+    with torch.enable_grad():
+        training_path = conv(x).detach()
+    with torch.no_grad(), plain_inference():
+        assert not runs_onednn(x)
+        assert torch.equal(conv(x), training_path)  # conv then norm, not folded
+        assert _backbone_layout(x) is x
+    with torch.no_grad():
+        assert runs_onednn(x)
+        assert _backbone_layout(x).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fast_and_plain_inference_give_the_same_poses():
+    cfg = tiny_config()
+    cfg.MODEL.WEIGHTS = ""
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    inputs = [{"image": torch.rand(3, 70, 100) * 255}]
+
+    def poses():
+        (output,) = model(inputs)
+        return torch.cat([output["instances"].pred_keypoints.flatten(1),
+                          output["instances"].scores[:, None]], dim=1)
+
+    with torch.no_grad():
+        fast = poses()
+        with plain_inference():
+            plain = poses()
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-4)

@@ -18,6 +18,7 @@ from grouppose.decoder import DecoderOutput, GroupPoseDecoder
 from grouppose.detection_criterion import DetectionCriterion, person_boxes
 from grouppose.detection_decoder import DetectionOutput, HumanDetectionDecoder, proposal_boxes
 from grouppose.encoder import DeformableEncoder, FlattenedLevels, flatten_levels
+from grouppose.layers import fast_paths_enabled
 from grouppose.matcher import HungarianMatcher
 from grouppose.position_encoding import feature_map_position_encoding
 from grouppose.postprocess import PIXEL_CENTER_OFFSET, poses_to_instances
@@ -62,7 +63,7 @@ def _backbone_layout(images: Tensor) -> Tensor:
     faster on it, the feature maps keep it, and flattening them into tokens then needs no copy.
     Training keeps PyTorch's default layout (the layout of the official gradients).
     """
-    if images.device.type == "cpu" and not torch.is_grad_enabled():
+    if images.device.type == "cpu" and not torch.is_grad_enabled() and fast_paths_enabled():
         return images.contiguous(memory_format=torch.channels_last)
     return images
 

@@ -1,0 +1,35 @@
+"""The switch of the CPU inference fast paths, for A/B comparisons and debugging.
+
+Where no gradient is recorded, inference takes faster routes to the same numbers (within float
+rounding): oneDNN linear layers with bias, ReLU and residual fused (``grouppose.layers.linear``),
+FFN blocks by rows (``grouppose.blocks.FeedForward``), FrozenBN folded into the convolutions
+(``grouppose.backbone.FrozenBNConv2d``) and a channels-last backbone input
+(``grouppose.meta_arch``). ``plain_inference()`` turns them off, so that inference computes
+as training does (PyTorch's own inference kernels aside, such as ``nn.MultiheadAttention``'s):
+
+    with torch.no_grad(), grouppose.layers.plain_inference():
+        outputs = model(inputs)
+"""
+
+import contextlib
+from typing import Iterator
+
+__all__ = ["fast_paths_enabled", "plain_inference"]
+
+_enabled = True
+
+
+def fast_paths_enabled() -> bool:
+    """Whether the inference fast paths may run (outside ``plain_inference``)."""
+    return _enabled
+
+
+@contextlib.contextmanager
+def plain_inference() -> Iterator[None]:
+    """Inference on the paths that training takes, inside the ``with`` block."""
+    global _enabled
+    previous, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = previous
