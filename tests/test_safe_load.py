@@ -204,7 +204,7 @@ def test_inference_benchmark(crafted, tiny_config_file):
     path, marker = crafted
     bench = load_script(REPO_ROOT / "tools" / "benchmarks" / "bench_inference.py")
     spec = {"config_file": str(tiny_config_file), "weights": str(path), "device": "cpu",
-            "opts": [], "size": [64, 64], "op": "compiled", "dtype": "fp32", "warmup": 0,
+            "opts": [], "size": [64, 64], "modes": ["fp32"], "warmup": 0,
             "runs": 1, "flops": False, "threads": 0, "trust_pickle": False}
     with pytest.raises(UnsafeCheckpointError) as error:
         bench.run_worker(spec)

@@ -30,7 +30,7 @@ Steps of `run`, each in its own process with a time limit cut to what is left of
           the library is loaded and its CUDA kernels looked up.
   tests   pytest -m cuda on every test file holding CUDA tests.
   bench   tools/benchmarks/bench_inference.py --device cuda (R50, batch 1, 480x800 and
-          800x1333, each dtype the benchmark runs on CUDA), then the op benchmark.
+          800x1333, every CUDA mode: fp32, tf32, fp16, bf16), then the op benchmark.
 Files under $OUT (at most 8 come back): summary.json (steps, environment, records),
 gpu_inference.json (records {"device", "size", "mode", "default", "dtype", "ms", "fps"}),
 bench_inference.json (the benchmark's own results), setup.log, build.log, tests.log,
@@ -328,7 +328,7 @@ def run_steps(runner: Runner, dry_run: bool, manifest: Dict, work: Path) -> None
     runner.run("tests", [python, "-m", "pytest", "-m", "cuda", "-p", "no:cacheprovider",
                          *cuda_test_files()], "tests.log")
 
-    # bench: compiled op only and no FLOP count (both device-independent, measured on the CPU).
+    # bench: every CUDA mode, no FLOP count (device-independent, measured on the CPU).
     bench_json = out / "bench_inference.json"
     device = "cpu" if dry_run else "cuda"
     if dry_run:
@@ -337,7 +337,7 @@ def run_steps(runner: Runner, dry_run: bool, manifest: Dict, work: Path) -> None
         sizes_and_runs = ["--sizes", "480x800", "800x1333", "--warmup", "10", "--runs", "50"]
     runner.run("bench_inference", [python, "tools/benchmarks/bench_inference.py",
                                    "--config-file", BENCH_CONFIG, "--device", device,
-                                   *sizes_and_runs, "--ops", "compiled", "--no-flops",
+                                   *sizes_and_runs, "--no-flops",
                                    "--json", str(bench_json)], "bench.log")
     if bench_json.is_file():
         records = inference_records(json.loads(bench_json.read_text()),

@@ -1,20 +1,34 @@
 #!/usr/bin/env python
-"""Inference benchmark of a Group Pose model: latency, peak memory, GFLOPs and time per stage.
+"""Inference benchmark of a Group Pose model: every inference mode side by side, interleaved.
 
     python tools/benchmarks/bench_inference.py --config-file configs/Base-GroupPose.yaml \
-        [--weights model.pth] [--sizes 480x800 800x1333] [--warmup 1] [--runs 3]
+        --weights "" --threads 2 [--sizes 480x800 800x1333] [--modes fp32 bf16 reference] \
+        [--warmup 1] [--runs 5] [--json results.json]
 
-For each input size (H x W, batch 1, image already in memory, as the paper's Table 6) it runs
-the model with (a) the compiled deformable-attention op and (b) the pure-PyTorch reference op,
-and prints the median latency after warm-up, the peak memory, the ratio (b) / (a), the GFLOPs
-(fvcore; one multiply-add = one flop, as Detectron2 reports them) and the time spent in each
-stage. On CUDA (``--device cuda``) it also runs fp16 and bf16 autocast and prints FPS.
+For each input size (H x W, batch 1, the image already in memory, as the paper's Table 6) one
+process builds the model once and runs the modes in turns: after the warm-up, each round runs
+every mode once (in a rotated order) and measures this device's GEMM throughput, so that a noisy,
+shared machine slows all of them alike. It prints per mode the median latency and its spread,
+FPS, the time per stage, the inference memory, the speed-up over the reference mode and the
+ratio to the fp32 GEMM roofline: the time the model's multiply-adds (fvcore) would take at the
+measured throughput of a large float32 matmul.
 
-Each configuration runs in its own process so that peak memory is its own: on the CPU the peak
-resident set size during inference (Linux), on CUDA the peak of PyTorch's allocator.
+Modes (``--modes``; default: fp32, bf16 and reference on the CPU, fp32, tf32, fp16 and bf16 on
+CUDA):
+    fp32       the default path: compiled op and, on the CPU, the fused inference paths
+               (``grouppose.layers.plain_inference``); on CUDA PyTorch's TF32 defaults
+    bf16/fp16  MODEL.GROUP_POSE.INFERENCE_PRECISION bf16 / fp16 (autocast)
+    tf32       CUDA, TF32 matmuls and convolutions
+    reference  the pure-PyTorch deformable attention and no fused paths, float32: how the
+               official implementation computes
+Memory is measured for one more forward per mode, apart from the timed ones: on the CPU the
+growth of the resident set size (Linux), on CUDA the peak of PyTorch's allocator.
 """
 
 import argparse
+import contextlib
+import ctypes
+import functools
 import importlib
 import json
 import os
@@ -22,8 +36,8 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from unittest import mock
 
 import grouppose  # noqa: F401  (first: it quiets a warning of Detectron2's imports)
@@ -34,13 +48,32 @@ from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
+import grouppose.meta_arch as meta_arch
 from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
+from grouppose.config import INFERENCE_DTYPES
 from grouppose.export import GroupPoseExportModule
-from grouppose.layers import ms_deform_attn_reference
+from grouppose.layers import ms_deform_attn_reference, plain_inference
 from grouppose.predictor import build_inference_config
 
-OPS = ("compiled", "reference")
-DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+@dataclass(frozen=True)
+class Mode:
+    dtype: str  # the arithmetic: fp32 | tf32 | fp16 | bf16
+    devices: Tuple[str, ...]
+    op: str = "compiled"  # or "reference": ms_deform_attn_reference
+    plain: bool = False  # run inside plain_inference()
+
+
+MODES = {
+    "fp32": Mode("fp32", ("cpu", "cuda")),
+    "bf16": Mode("bf16", ("cpu", "cuda")),
+    "fp16": Mode("fp16", ("cpu", "cuda")),
+    "tf32": Mode("tf32", ("cuda",)),
+    "reference": Mode("fp32", ("cpu", "cuda"), op="reference", plain=True),
+}
+DEFAULT_MODES = {"cpu": ["fp32", "bf16", "reference"], "cuda": ["fp32", "tf32", "fp16", "bf16"]}
+OUT_OF_THE_BOX_MODE = "fp32"  # what the predictor runs without options
+REFERENCE_MODE = "reference"
 # Model parts per stage, in order; the rest of the forward (normalisation and padding, masks,
 # position encodings, flattening) is reported as "other".
 STAGE_MODULES = {
@@ -51,12 +84,19 @@ STAGE_MODULES = {
 }
 POSTPROCESS_STAGE = "post-processing"
 OTHER_STAGE = "other"
-_OP_MODULE = "grouppose.layers.ms_deform_attn"
+STAGES = [*STAGE_MODULES, POSTPROCESS_STAGE, OTHER_STAGE]
 _OP_NAME = "grouppose::ms_deform_attn"
+# The module whose ms_deform_attn MSDeformAttn calls (grouppose.layers exports the function
+# under the module's name, so the module is looked up by name).
+_OP_MODULE = importlib.import_module("grouppose.layers.ms_deform_attn")
 _MIB = 2**20
 # Deformable attention, per sampling point and channel: bilinear interpolation (4 multiply-adds)
 # and the attention weighting (1 multiply-add).
 _DEFORM_ATTN_MACS_PER_SAMPLE_CHANNEL = 5
+# The GEMM whose throughput defines the roofline: (n x n) @ (n x n), large enough to run at
+# the BLAS's full speed, small enough to take milliseconds.
+GEMM_SIZE = 2048
+GEMM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def parse_size(text: str) -> List[int]:
@@ -70,45 +110,36 @@ def parse_size(text: str) -> List[int]:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[2],
+    )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--weights", help="checkpoint (default: MODEL.WEIGHTS, else random)")
     parser.add_argument("--sizes", nargs="+", type=parse_size,
                         default=[[480, 800], [800, 1333]], help="input sizes HxW")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES),
-                        help="default: fp32 on the CPU; fp32, fp16 and bf16 on CUDA")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES),
+                        help="default: " + "; ".join(
+                            f"{device}: {' '.join(modes)}" for device, modes in
+                            DEFAULT_MODES.items()))
     parser.add_argument("--threads", type=int,
                         help="CPU threads (torch.set_num_threads); default: PyTorch's choice")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs (median reported)")
-    parser.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each mode first")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="timed rounds (each runs every mode once; medians reported)")
+    parser.add_argument("--no-flops", action="store_true",
+                        help="skip the GFLOPs count (and so the roofline ratios)")
     parser.add_argument("--json", metavar="FILE", help="also write all results to FILE")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides: KEY VALUE pairs")
     add_trust_pickle_argument(parser)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one configuration, as JSON
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one size, as JSON
     return parser
 
 
 # ------------------------------------------------------------------------------------------
-# Worker: one (size, op, dtype) configuration in a fresh process.
-
-
-def _reset_peak_rss() -> None:
-    """Make the process's peak RSS (VmHWM) start again from its current RSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _rss_mib(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process, MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024 / _MIB
-    raise RuntimeError(f"{field} not in /proc/self/status")
+# Measurements
 
 
 def device_time(device: torch.device) -> float:
@@ -116,6 +147,50 @@ def device_time(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+def gemm_gflops(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
+    """Throughput of a large matmul on ``device`` (GFLOP/s, 2 flops per multiply-add)."""
+    a, b = (torch.randn(GEMM_SIZE, GEMM_SIZE, device=device).to(dtype) for _ in range(2))
+    torch.matmul(a, b)
+    start = device_time(device)
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    return repeats * 2 * GEMM_SIZE**3 / (device_time(device) - start) / 1e9
+
+
+class MemoryMeter:
+    """Memory one forward adds: the growth of the CPU resident set size (its peak minus its size
+    before), or the peak of PyTorch's CUDA allocator above what it held before."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        # glibc keeps freed memory for reuse: a warm process would show no growth. malloc_trim
+        # returns it to the system first (where glibc is the C library; else growth is a floor).
+        self._malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+    def forward_mib(self, forward: Callable[[], object]) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            forward()
+            return (torch.cuda.max_memory_allocated(self.device) - before) / _MIB
+        if self._malloc_trim is not None:
+            self._malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:  # peak RSS := current RSS
+            f.write("5")
+        before = self._rss("VmRSS")
+        forward()
+        return (self._rss("VmHWM") - before) / _MIB
+
+    @staticmethod
+    def _rss(field: str) -> float:
+        """VmRSS (now) or VmHWM (peak) of this process, bytes."""
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 class StageTimer:
@@ -161,30 +236,15 @@ class StageTimer:
             return result
         return wrapper
 
-    def take(self) -> Dict[str, float]:
-        """Per-stage seconds since the last call."""
+    def take(self, latency: float) -> Dict[str, float]:
+        """Per-stage seconds since the last call; the rest of ``latency`` is "other"."""
         totals, self.totals = self.totals, {}
+        totals[OTHER_STAGE] = latency - sum(totals.values())
         return totals
 
 
-def time_forwards(model, image: torch.Tensor, timer: StageTimer, count: int
-                  ) -> Tuple[List[float], List[Dict[str, float]], List[Dict]]:
-    """``count`` forwards of one image: latencies (s), stage splits (when the timer is
-    enabled; the remainder of the forward is "other") and the last outputs."""
-    latencies, splits, outputs = [], [], None
-    for _ in range(count):
-        start = device_time(timer.device)
-        outputs = model([{"image": image}])
-        latencies.append(device_time(timer.device) - start)
-        split = timer.take()
-        if timer.enabled:
-            split[OTHER_STAGE] = latencies[-1] - sum(split.values())
-            splits.append(split)
-    return latencies, splits, outputs
-
-
 def deform_attn_flop_handle(inputs, outputs) -> int:
-    """fvcore handle for the op: value (N, S, M, D), ..., attention_weights (N, Lq, M, L, P)."""
+    """fvcore handle for the op: value (B, S, M, D), ..., attention_weights (B, Lq, M, L, P)."""
     channels = get_shape(inputs[0])[-1]
     samples = 1
     for size in get_shape(inputs[4]):
@@ -203,8 +263,9 @@ def attention_flop_handle(inputs, outputs) -> int:
     return batch_size * queries * keys * (channels + value_channels)
 
 
-def count_gflops(model, image: torch.Tensor) -> Dict[str, float]:
-    """GFLOPs of the network (post-processing has none), total and per stage."""
+def count_gflops(model, image: torch.Tensor) -> Dict:
+    """GFLOPs of the network (post-processing has none), total and per stage; fvcore counts
+    one multiply-add as one flop, as Detectron2 reports them."""
     module = GroupPoseExportModule(model)
     with torch.no_grad():
         normalized = module.normalize(image[None])
@@ -221,90 +282,139 @@ def count_gflops(model, image: torch.Tensor) -> Dict[str, float]:
     return result
 
 
-def run_worker(spec: Dict) -> Dict:
-    """Benchmark one configuration (see ``run_configuration`` for ``spec``)."""
+# ------------------------------------------------------------------------------------------
+# Worker: every mode of one size in one process.
+
+
+@contextlib.contextmanager
+def mode_context(model: torch.nn.Module, mode: Mode) -> Iterator[None]:
+    """The model runs ``mode`` inside the block."""
+    with contextlib.ExitStack() as stack:
+        dtype = "fp32" if mode.dtype == "tf32" else mode.dtype
+        stack.enter_context(mock.patch.object(model, "inference_dtype", INFERENCE_DTYPES[dtype]))
+        if mode.op == "reference":
+            stack.enter_context(mock.patch.object(_OP_MODULE, "ms_deform_attn",
+                                                  ms_deform_attn_reference))
+        if mode.plain:
+            stack.enter_context(plain_inference())
+        if mode.dtype == "tf32":
+            stack.enter_context(mock.patch.object(torch.backends.cuda.matmul, "allow_tf32", True))
+            stack.enter_context(mock.patch.object(torch.backends.cudnn, "allow_tf32", True))
+        yield
+
+
+def check_modes(modes: Sequence[str], device: torch.device) -> None:
+    for name in modes:
+        if device.type not in MODES[name].devices:
+            raise SystemExit(f"--modes {name}: a {'/'.join(MODES[name].devices)} mode, "
+                             f"not for {device.type}")
+    dispatch_key = "CUDA" if device.type == "cuda" else "CPU"
+    if "compiled" in {MODES[name].op for name in modes} and (
+        not torch._C._dispatch_has_kernel_for_dispatch_key(_OP_NAME, dispatch_key)
+    ):
+        raise SystemExit(f"the compiled op has no {device.type} kernel: build grouppose._C")
+
+
+def run_worker(spec: Dict) -> List[Dict]:
+    """Benchmark every mode of ``spec["modes"]`` at one size (see ``run_size`` for ``spec``)."""
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     cfg = build_inference_config(spec["config_file"], spec["weights"], spec["device"],
                                  spec["opts"])
     device = torch.device(cfg.MODEL.DEVICE)
+    check_modes(spec["modes"], device)
     model = build_model(cfg).eval()
     SafeCheckpointer(model, trust_pickle=spec["trust_pickle"]).load(cfg.MODEL.WEIGHTS)
     height, width = spec["size"]
     image = torch.rand((3, height, width), generator=torch.Generator().manual_seed(0)) * 255
     image = image.to(device)
-    autocast_dtype = DTYPES[spec["dtype"]]
     timer = StageTimer(model, device)
-    meta_arch = importlib.import_module("grouppose.meta_arch")
+    meter = MemoryMeter(device)
+    modes = spec["modes"]
+    latencies: Dict[str, List[float]] = {name: [] for name in modes}
+    splits: Dict[str, List[Dict[str, float]]] = {name: [] for name in modes}
+    people: Dict[str, int] = {}
+    gemm: Dict[str, List[float]] = {name: [] for name in GEMM_DTYPES}
 
-    with ExitStack() as stack:
-        stack.enter_context(torch.no_grad())
-        if spec["op"] == "reference":
-            op_module = importlib.import_module(_OP_MODULE)
-            stack.enter_context(mock.patch.object(op_module, "ms_deform_attn",
-                                                  ms_deform_attn_reference))
-        elif not torch._C._dispatch_has_kernel_for_dispatch_key(
-            _OP_NAME, "CUDA" if device.type == "cuda" else "CPU"
-        ):
-            raise RuntimeError(f"the compiled op has no {device.type} kernel: build grouppose._C")
-        stack.enter_context(mock.patch.object(
-            meta_arch, "poses_to_instances",
-            timer.timed(POSTPROCESS_STAGE, meta_arch.poses_to_instances),
-        ))
-        if autocast_dtype is not None:
-            stack.enter_context(torch.autocast(device.type, dtype=autocast_dtype))
+    def forward(name: str) -> float:
+        with mode_context(model, MODES[name]):
+            start = device_time(device)
+            outputs = model([{"image": image}])
+            latency = device_time(device) - start
+        people[name] = len(outputs[0]["instances"])
+        return latency
 
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        else:
-            _reset_peak_rss()
-        rss_before = _rss_mib("VmRSS") if device.type == "cpu" else 0.0
-        # On CUDA the stage split's synchronisations would slow the timed forwards down: time
-        # them without it, then split separate forwards. On the CPU the split costs nothing.
+    postprocess = timer.timed(POSTPROCESS_STAGE, meta_arch.poses_to_instances)
+    with torch.no_grad(), mock.patch.object(meta_arch, "poses_to_instances", postprocess):
+        # On CUDA the stage split's synchronisations would slow the timed forwards down: they
+        # are timed without it, and the split comes from extra forwards. On the CPU it is free.
         timer.enabled = device.type != "cuda"
-        time_forwards(model, image, timer, spec["warmup"])
-        latencies, splits, outputs = time_forwards(model, image, timer, spec["runs"])
+        for name in modes:
+            for _ in range(spec["warmup"]):
+                forward(name)
+            timer.take(0.0)
+        for round_index in range(spec["runs"]):
+            for dtype, torch_dtype in GEMM_DTYPES.items():
+                gemm[dtype].append(gemm_gflops(device, torch_dtype))
+            # Rotated so that no mode always runs right after the GEMM or another mode.
+            shift = round_index % len(modes)
+            for name in modes[shift:] + modes[:shift]:
+                latency = forward(name)
+                latencies[name].append(latency)
+                if timer.enabled:
+                    splits[name].append(timer.take(latency))
         if not timer.enabled:
             timer.enabled = True
-            _, splits, _ = time_forwards(model, image, timer, spec["runs"])
+            for name in modes:
+                for _ in range(spec["runs"]):
+                    splits[name].append(timer.take(forward(name)))
+        # Apart from the timed forwards: giving memory back to the system costs page faults.
+        memory = {name: meter.forward_mib(functools.partial(forward, name)) for name in modes}
+        gflops = count_gflops(model, image) if spec["flops"] else None
 
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / _MIB
-        working = peak - sum(p.numel() * p.element_size() for p in model.parameters()) / _MIB
-    else:
-        peak = _rss_mib("VmHWM")
-        working = peak - rss_before
-    result = {
-        **{key: spec[key] for key in ("size", "op", "dtype")},
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "latency_ms": statistics.median(latencies) * 1000,
-        "latencies_ms": [t * 1000 for t in latencies],
-        "stages_ms": {
-            stage: statistics.median(split.get(stage, 0.0) for split in splits) * 1000
-            for stage in [*STAGE_MODULES, POSTPROCESS_STAGE, OTHER_STAGE]
-        },
-        "peak_memory_mib": peak,
-        "inference_memory_mib": working,
-        "people": len(outputs[0]["instances"]),
-    }
-    if spec["flops"]:
-        result["gflops"] = count_gflops(model, image)
-    return result
+    gemm_median = {dtype: statistics.median(values) for dtype, values in gemm.items()}
+    results = []
+    for name in modes:
+        mode = MODES[name]
+        result = {
+            "size": spec["size"], "mode": name, "default": name == OUT_OF_THE_BOX_MODE,
+            "op": mode.op, "dtype": mode.dtype, "plain": mode.plain, "device": str(device),
+            "threads": torch.get_num_threads(),
+            "latency_ms": statistics.median(latencies[name]) * 1000,
+            "latencies_ms": [t * 1000 for t in latencies[name]],
+            "stages_ms": {
+                stage: statistics.median(split.get(stage, 0.0) for split in splits[name]) * 1000
+                for stage in STAGES
+            },
+            "inference_memory_mib": memory[name],
+            "people": people[name],
+            "gemm_gflops": gemm_median,
+        }
+        if device.type == "cuda":
+            result["tf32"] = {"matmul": mode.dtype == "tf32" or
+                              torch.backends.cuda.matmul.allow_tf32,
+                              "cudnn": mode.dtype == "tf32" or torch.backends.cudnn.allow_tf32}
+        if gflops is not None:
+            # fvcore's flops are multiply-adds: the roofline does 2 flops per multiply-add.
+            roofline_ms = 2 * gflops["total"] / gemm_median["fp32"] * 1000
+            result.update(gflops=gflops, fp32_roofline_ms=roofline_ms,
+                          roofline_ratio=result["latency_ms"] / roofline_ms)
+        results.append(result)
+    return results
 
 
 # ------------------------------------------------------------------------------------------
-# Driver: one worker process per configuration, then the tables.
+# Driver: one worker process per size, then the tables.
 
 
-def run_configuration(args, size: List[int], op: str, dtype: str, flops: bool) -> Dict:
+def run_size(args, size: List[int], modes: List[str]) -> List[Dict]:
     spec = {
         "config_file": args.config_file, "weights": args.weights, "device": args.device,
-        "opts": args.opts, "size": size, "op": op, "dtype": dtype, "warmup": args.warmup,
-        "runs": args.runs, "flops": flops, "threads": args.threads,
+        "opts": args.opts, "size": size, "modes": modes, "warmup": args.warmup,
+        "runs": args.runs, "flops": not args.no_flops, "threads": args.threads,
         "trust_pickle": args.trust_pickle,
     }
-    label = f"{size[0]}x{size[1]} {op} op {dtype}"
+    label = f"{size[0]}x{size[1]} ({', '.join(modes)})"
     print(f"running {label} ...", file=sys.stderr, flush=True)
     completed = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--config-file", args.config_file,
@@ -314,54 +424,57 @@ def run_configuration(args, size: List[int], op: str, dtype: str, flops: bool) -
     if completed.returncode != 0:
         error = completed.stderr.strip().splitlines()[-1:] or ["(no output)"]
         print(f"  {label} failed: {error[0]}", file=sys.stderr)
-        return {**spec, "error": error[0]}
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
-    print(f"  {result['latency_ms']:.1f} ms, peak {result['peak_memory_mib']:.0f} MiB",
-          file=sys.stderr, flush=True)
-    return result
+        return [{"size": size, "mode": name, "default": name == OUT_OF_THE_BOX_MODE,
+                 "op": MODES[name].op, "dtype": MODES[name].dtype, "error": error[0]}
+                for name in modes]
+    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    for r in results:
+        print(f"  {r['mode']}: {r['latency_ms']:.1f} ms", file=sys.stderr, flush=True)
+    return results
+
+
+def size_label(result: Dict) -> str:
+    return f"{result['size'][0]}x{result['size'][1]}"
 
 
 def print_results(results: List[Dict]) -> None:
     ok = [r for r in results if "error" not in r]
-    print("\n| size | op | dtype | latency ms (median) | FPS | peak memory MiB "
-          "| of which inference MiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in ok:
-        print(f"| {r['size'][0]}x{r['size'][1]} | {r['op']} | {r['dtype']} "
-              f"| {r['latency_ms']:.1f} | {1000 / r['latency_ms']:.2f} "
-              f"| {r['peak_memory_mib']:.0f} | {r['inference_memory_mib']:.0f} |")
+    print("\n| size | mode | dtype | latency ms (median) | spread ms (min-max) | FPS "
+          "| x fp32 GEMM roofline | speed-up over reference | inference memory MiB |")
+    print("| --- " * 9 + "|")
     for r in results:
         if "error" in r:
-            print(f"| {r['size'][0]}x{r['size'][1]} | {r['op']} | {r['dtype']} "
-                  f"| failed: {r['error']} | | | |")
-
-    print("\nreference op / compiled op, end-to-end latency:")
-    for r in ok:
-        if r["op"] != "reference":
+            print(f"| {size_label(r)} | {r['mode']} | {r['dtype']} | failed: {r['error']} "
+                  "| | | | | |")
             continue
-        compiled = [c for c in ok if c["op"] == "compiled" and c["size"] == r["size"]
-                    and c["dtype"] == r["dtype"]]
-        if compiled:
-            print(f"  {r['size'][0]}x{r['size'][1]} {r['dtype']}: "
-                  f"{r['latency_ms'] / compiled[0]['latency_ms']:.2f}x")
+        reference = [c for c in ok if c["mode"] == REFERENCE_MODE and c["size"] == r["size"]]
+        speedup = f"{reference[0]['latency_ms'] / r['latency_ms']:.2f}x" if reference else "-"
+        ratio = f"{r['roofline_ratio']:.2f}" if "roofline_ratio" in r else "-"
+        print(f"| {size_label(r)} | {r['mode']}{' (default)' if r['default'] else ''} "
+              f"| {r['dtype']} | {r['latency_ms']:.1f} "
+              f"| {min(r['latencies_ms']):.1f}-{max(r['latencies_ms']):.1f} "
+              f"| {1000 / r['latency_ms']:.2f} | {ratio} | {speedup} "
+              f"| {r['inference_memory_mib']:.0f} |")
 
-    stages = [*STAGE_MODULES, POSTPROCESS_STAGE, OTHER_STAGE]
     print("\ntime per stage, ms (median over the timed runs):")
-    print("| size | op | dtype | " + " | ".join(stages) + " |")
-    print("| --- " * (3 + len(stages)) + "|")
+    print("| size | mode | " + " | ".join(STAGES) + " |")
+    print("| --- " * (2 + len(STAGES)) + "|")
     for r in ok:
-        print(f"| {r['size'][0]}x{r['size'][1]} | {r['op']} | {r['dtype']} | "
-              + " | ".join(f"{r['stages_ms'][s]:.1f}" for s in stages) + " |")
+        print(f"| {size_label(r)} | {r['mode']} | "
+              + " | ".join(f"{r['stages_ms'][s]:.1f}" for s in STAGES) + " |")
 
-    counted = [r for r in ok if "gflops" in r]
-    if counted:
-        print("\nGFLOPs (fvcore, 1 multiply-add = 1 flop; deformable attention counted as 5 "
-              "multiply-adds per sampling point and channel):")
-        for r in counted:
+    first_per_size = {size_label(r): r for r in reversed(ok)}
+    for label, r in first_per_size.items():
+        gemm = ", ".join(f"{dtype} {value:.0f}" for dtype, value in r["gemm_gflops"].items())
+        line = f"\n{label}: GEMM {GEMM_SIZE}^3 GFLOP/s (median of the rounds): {gemm}"
+        if "gflops" in r:
             g = r["gflops"]
             parts = ", ".join(f"{s} {g[s]:.2f}" for s in STAGE_MODULES)
-            print(f"  {r['size'][0]}x{r['size'][1]}: {g['total']:.2f} ({parts}); "
-                  f"ops not counted: {', '.join(g['not counted']) or 'none'}")
+            line += (f"; {g['total']:.1f} GMAC (fvcore: {parts}; deformable attention as 5 "
+                     f"multiply-adds per sampling point and channel; not counted: "
+                     f"{', '.join(g['not counted']) or 'none'}); fp32 GEMM roofline "
+                     f"{r['fp32_roofline_ms']:.0f} ms")
+        print(line)
     if ok:
         print(f"\ndevice: {ok[0]['device']}, torch threads: {ok[0]['threads']}, "
               f"torch {torch.__version__}, {ok[0]['people']} poses returned")
@@ -374,16 +487,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
-    dtypes = args.dtypes or (["fp32"] if args.device == "cpu" else list(DTYPES))
+    modes = args.modes or DEFAULT_MODES[torch.device(args.device).type]
+    check_modes(modes, torch.device(args.device))
     results = []
     for size in args.sizes:
-        for dtype in dtypes:
-            for index, op in enumerate(args.ops):
-                flops = not args.no_flops and index == 0 and dtype == "fp32"
-                results.append(run_configuration(args, size, op, dtype, flops))
-                if args.json:  # after each configuration, so that an interrupted run keeps it
-                    with open(args.json, "w") as f:
-                        json.dump(results, f, indent=1)
+        results.extend(run_size(args, size, modes))
+        if args.json:  # after each size, so that an interrupted run keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
     print_results(results)
     return 0
 

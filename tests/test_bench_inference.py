@@ -1,0 +1,78 @@
+"""tools/benchmarks/bench_inference.py on the tiny model: every mode measured in one process per
+size, interleaved, with medians, spread, stages, memory and the roofline ratio."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_grouppose import NUM_INSTANCES, save_tiny_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location(
+    "bench_inference", REPO_ROOT / "tools" / "benchmarks" / "bench_inference.py"
+)
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("bench")
+    config = save_tiny_model(directory)
+    output = directory / "results.json"
+    assert bench.main(["--config-file", str(config), "--sizes", "64x96", "--warmup", "1",
+                       "--runs", "2", "--threads", "1", "--json", str(output)]) == 0
+    return json.loads(output.read_text())
+
+
+def test_every_cpu_mode_is_measured_with_its_statistics(results):
+    assert [r["mode"] for r in results] == ["fp32", "bf16", "reference"]
+    assert [r["default"] for r in results] == [True, False, False]
+    assert [r["dtype"] for r in results] == ["fp32", "bf16", "fp32"]
+    assert [r["op"] for r in results] == ["compiled", "compiled", "reference"]
+    for r in results:
+        assert "error" not in r, r
+        assert r["size"] == [64, 96] and r["threads"] == 1
+        assert len(r["latencies_ms"]) == 2
+        assert min(r["latencies_ms"]) <= r["latency_ms"] <= max(r["latencies_ms"])
+        assert set(r["stages_ms"]) == set(bench.STAGES)
+        assert r["stages_ms"]["backbone"] > 0 and r["stages_ms"]["decoder"] > 0
+        assert r["inference_memory_mib"] >= 0
+        assert r["people"] == NUM_INSTANCES
+
+
+def test_roofline_ratio_is_latency_over_the_measured_gemm_time(results):
+    for r in results:
+        assert r["gemm_gflops"]["fp32"] > 0 and r["gemm_gflops"]["bf16"] > 0
+        roofline_ms = 2 * r["gflops"]["total"] / r["gemm_gflops"]["fp32"] * 1000
+        assert r["fp32_roofline_ms"] == pytest.approx(roofline_ms)
+        assert r["roofline_ratio"] == pytest.approx(r["latency_ms"] / roofline_ms)
+
+
+def test_the_table_shows_every_mode_side_by_side(results, capsys):
+    bench.print_results(results)
+    table = capsys.readouterr().out
+    assert "x fp32 GEMM roofline" in table and "speed-up over reference" in table
+    assert "| 64x96 | fp32 (default) | fp32 |" in table
+    assert "| 64x96 | reference | fp32 |" in table and "1.00x" in table
+
+
+def test_modes_switch_what_they_name():
+    model = torch.nn.Module()
+    model.inference_dtype = None
+    with bench.mode_context(model, bench.MODES["bf16"]):
+        assert model.inference_dtype is torch.bfloat16
+    with bench.mode_context(model, bench.MODES["reference"]):
+        assert bench._OP_MODULE.ms_deform_attn is bench.ms_deform_attn_reference
+        assert not bench.grouppose.layers.fast_paths_enabled()
+    assert model.inference_dtype is None
+    assert bench._OP_MODULE.ms_deform_attn is not bench.ms_deform_attn_reference
+    assert bench.grouppose.layers.fast_paths_enabled()
+
+
+def test_a_cuda_mode_is_refused_on_the_cpu():
+    with pytest.raises(SystemExit, match="tf32: a cuda mode, not for cpu"):
+        bench.check_modes(["fp32", "tf32"], torch.device("cpu"))
