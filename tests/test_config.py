@@ -1,17 +1,23 @@
-"""get_grouppose_cfg: the config every entry point starts from; check_grouppose_config: the
-checks of every MODEL.GROUP_POSE key when the model is built."""
+"""get_grouppose_cfg: the config every entry point starts from; one owner per config key;
+check_grouppose_config: the checks of every MODEL.GROUP_POSE key when the model is built."""
 
 import math
 import re
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 import pytest
+import yaml
 from conftest import REPO_ROOT
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 from tiny_grouppose import tiny_config
 
 import grouppose  # noqa: F401  (registers the GroupPose meta-architecture)
-from grouppose.config import check_grouppose_config, get_grouppose_cfg
+from grouppose.config import add_grouppose_config, check_grouppose_config, get_grouppose_cfg
+
+CONFIGS = REPO_ROOT / "configs"
+SHIPPED_CONFIGS = sorted(str(path.relative_to(CONFIGS)) for path in CONFIGS.rglob("*.yaml"))
 
 
 def test_defaults_file_and_opts_are_merged_in_order():
@@ -24,6 +30,93 @@ def test_defaults_file_and_opts_are_merged_in_order():
     assert cfg.MODEL.GROUP_POSE.NUM_INSTANCES == 7  # the override wins
     assert cfg.MODEL.GROUP_POSE.NUM_KEYPOINTS == 17  # add_grouppose_config's default
     assert not cfg.is_frozen()
+
+
+def _settings(node: Mapping, prefix: str = "") -> Dict[str, Any]:
+    """FULL.KEY -> value of every leaf of a nested config (or a yaml file's dict)."""
+    leaves = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            leaves.update(_settings(value, f"{prefix}{key}."))
+        else:
+            leaves[prefix + key] = value
+    return leaves
+
+
+def _nodes(node: CfgNode, prefix: str = "") -> Iterator[Tuple[str, CfgNode]]:
+    """(prefix of its keys, node) for ``node`` and every node below it."""
+    yield prefix, node
+    for key, value in node.items():
+        if isinstance(value, CfgNode):
+            yield from _nodes(value, f"{prefix}{key}.")
+
+
+class _AssignmentLog(CfgNode):
+    """A config that logs each assignment ``cfg.KEY = value`` of a key it already has."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self:
+            self.__dict__["log"].append(self.__dict__["prefix"] + name)
+        super().__setattr__(name, value)
+
+
+def test_add_grouppose_config_adds_only_new_keys():
+    """Detectron2's keys are neither assigned nor changed by add_grouppose_config: the values
+    Group Pose gives them live in configs/Base-GroupPose.yaml."""
+    cfg = _AssignmentLog(get_cfg())  # every node of the tree becomes an _AssignmentLog
+    log: List[str] = []
+    for prefix, node in _nodes(cfg):
+        node.__dict__.update(log=log, prefix=prefix)
+    detectron2 = _settings(cfg)
+    add_grouppose_config(cfg)
+    changed = [key for key, value in _settings(cfg).items()
+               if key in detectron2 and value != detectron2[key]]
+    assert not log and not changed, \
+        f"Detectron2 keys set by add_grouppose_config: {sorted(set(log + changed))}"
+    assert "MODEL.GROUP_POSE.HIDDEN_DIM" in _settings(cfg)  # the log does see new keys added
+
+
+def _chain(config_file: Path) -> List[Path]:
+    """``config_file``'s _BASE_ ancestors, the root first, then ``config_file``."""
+    base = yaml.safe_load(config_file.read_text()).get("_BASE_")
+    ancestors = _chain((config_file.parent / base).resolve()) if base else []
+    return ancestors + [config_file]
+
+
+def _file_settings(config_file: Path) -> Dict[str, Any]:
+    """FULL.KEY -> value of the keys ``config_file`` itself sets (not its _BASE_'s), each value
+    as merging reads it (decoded, coerced to the key's type: "(384, 600)" is [384, 600])."""
+    own = yaml.safe_load(config_file.read_text())
+    own.pop("_BASE_", None)
+    merged = get_grouppose_cfg()
+    merged.merge_from_other_cfg(CfgNode(own))
+    values = _settings(merged)
+    return {key: values[key] for key in _settings(own)}
+
+
+@pytest.mark.parametrize("config_file", SHIPPED_CONFIGS)
+def test_no_key_is_set_twice_in_a_config_chain(config_file):
+    """One owner per config key.
+
+    The chain of a config file is, in merge order: add_grouppose_config's new keys with their
+    defaults, the file's _BASE_ ancestors from the root (configs/Base-GroupPose.yaml), the file.
+    A place of the chain that sets a key to the value an earlier place already gave it is a
+    duplicate; setting another value is an override (e.g. CrowdPose's NUM_KEYPOINTS 14).
+    Detectron2's own defaults are not a place of the chain: Base-GroupPose.yaml states the
+    recipe's value of a Detectron2 key even where Detectron2's default agrees (e.g.
+    INPUT.MIN_SIZE_TEST 800), so that the recipe does not change with Detectron2's defaults.
+    """
+    detectron2 = _settings(get_cfg())
+    owner = {key: ("add_grouppose_config", value)
+             for key, value in _settings(get_grouppose_cfg()).items() if key not in detectron2}
+    duplicates = []
+    for path in _chain(CONFIGS / config_file):
+        place = str(path.relative_to(CONFIGS))
+        for key, value in _file_settings(path).items():
+            if key in owner and owner[key][1] == value:
+                duplicates.append(f"{key}: {value!r} in {place}, already set by {owner[key][0]}")
+            owner[key] = (place, value)
+    assert not duplicates, "\n".join(duplicates)
 
 
 def test_defaults_without_a_file():
@@ -83,12 +176,9 @@ def test_keys_that_depend_on_each_other(changes, message):
         check_grouppose_config(cfg)
 
 
-@pytest.mark.parametrize("config_file", sorted(
-    str(path.relative_to(REPO_ROOT / "configs"))
-    for path in (REPO_ROOT / "configs").rglob("*.yaml")
-))
+@pytest.mark.parametrize("config_file", SHIPPED_CONFIGS)
 def test_shipped_configs_are_valid(config_file):
-    check_grouppose_config(get_grouppose_cfg(str(REPO_ROOT / "configs" / config_file)))
+    check_grouppose_config(get_grouppose_cfg(str(CONFIGS / config_file)))
 
 
 def test_edge_values_are_accepted():

@@ -4,13 +4,13 @@ area scaling, determinism."""
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from keypoint_test_data import COCO_NAMES, K, keypoints, write_image
+from tiny_grouppose import BASE_CONFIG
 
-from grouppose.config import add_grouppose_config
+from grouppose.config import get_grouppose_cfg
 from grouppose.data import GroupPoseDatasetMapper, build_augmentation, load_keypoint_json
 from grouppose.data.synthetic import generate_synthetic_dataset
 
@@ -20,8 +20,7 @@ NOSE, LEFT_WRIST, RIGHT_WRIST = (COCO_NAMES.index(n) for n in ("nose", "left_wri
 
 
 def _cfg():
-    cfg = get_cfg()
-    add_grouppose_config(cfg)
+    cfg = get_grouppose_cfg(str(BASE_CONFIG))  # the paper's augmentation
     cfg.DATASETS.TRAIN = ("synthetic_val",)  # registered by grouppose: COCO keypoint metadata
     return cfg
 

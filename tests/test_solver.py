@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
+from tiny_grouppose import BASE_CONFIG
 from torch import nn
 from training_utils import REPO_ROOT, TINY_CONFIG
 
-from grouppose.config import add_grouppose_config, get_grouppose_cfg
+from grouppose.config import get_grouppose_cfg
 from grouppose.engine import (
     NonFiniteLossError,
     build_optimizer,
@@ -22,11 +22,9 @@ from grouppose.engine.trainer import check_training_config
 
 
 def paper_solver_config():
-    """The tiny model with the paper's solver defaults (not the tiny config's solver)."""
+    """The tiny model with the paper's solver (Base-GroupPose.yaml's, not the tiny config's)."""
     cfg = get_grouppose_cfg(str(TINY_CONFIG))
-    defaults = get_cfg()
-    add_grouppose_config(defaults)
-    cfg.SOLVER = defaults.SOLVER
+    cfg.SOLVER = get_grouppose_cfg(str(BASE_CONFIG)).SOLVER
     cfg.MODEL.GROUP_POSE.ENC_LAYERS = 1
     cfg.MODEL.GROUP_POSE.DEC_LAYERS = 2
     return cfg

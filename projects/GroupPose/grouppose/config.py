@@ -19,35 +19,35 @@ INFERENCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def add_grouppose_config(cfg: CfgNode) -> None:
-    """Add ``cfg.MODEL.GROUP_POSE`` with the paper's defaults (ResNet-50, COCO).
+    """Add Group Pose's new config keys, with the paper's defaults (ResNet-50, COCO).
 
-    Also sets the Detectron2 defaults that differ for Group Pose: RGB input normalised with the
-    ImageNet mean/std of torchvision, and a torchvision-layout ResNet (stride in the 3x3 conv,
-    frozen BatchNorm) returning res3..res5.
+    Only keys Detectron2 lacks: ``MODEL.GROUP_POSE.*``, ``MODEL.SWIN.*`` and a few solver and
+    input keys. The values Group Pose gives Detectron2's own keys (RGB input with torchvision's
+    ImageNet mean/std, torchvision-layout ResNet, the paper's solver and augmentation) live in
+    configs/Base-GroupPose.yaml, which every Group Pose config inherits.
     """
     cfg.MODEL.GROUP_POSE = CfgNode()
     gp = cfg.MODEL.GROUP_POSE
     gp.NUM_INSTANCES = 100  # N: persons (groups of K + 1 queries) per image
-    gp.NUM_KEYPOINTS = 17  # K
-    gp.HIDDEN_DIM = 256
-    gp.NHEADS = 8
-    gp.DIM_FEEDFORWARD = 2048
-    gp.DROPOUT = 0.0
-    gp.ENC_LAYERS = 6
-    gp.DEC_LAYERS = 6
-    gp.ENC_N_POINTS = 4  # deformable sampling points per head and level
-    gp.DEC_N_POINTS = 4
+    gp.NUM_KEYPOINTS = 17  # K (COCO; CrowdPose: 14)
+    gp.HIDDEN_DIM = 256  # C: channels of the projected features, memory and queries
+    gp.NHEADS = 8  # attention heads of every attention layer
+    gp.DIM_FEEDFORWARD = 2048  # hidden size of the feed-forward networks
+    gp.DROPOUT = 0.0  # dropout in the encoder and decoder layers
+    gp.ENC_LAYERS = 6  # deformable encoder layers
+    gp.DEC_LAYERS = 6  # Group Pose decoder layers
+    gp.ENC_N_POINTS = 4  # deformable sampling points per head and level, encoder
+    gp.DEC_N_POINTS = 4  # the same, decoder
     gp.NUM_FEATURE_LEVELS = 4  # IN_FEATURES + stride-2 extra levels
-    gp.IN_FEATURES = ["res3", "res4", "res5"]
-    gp.POS_TEMPERATURE = 20.0  # sine position encoding of the feature maps
-    # Loss weights, matching costs (focal classification, keypoint L1, OKS).
-    gp.FOCAL_ALPHA = 0.25
-    gp.CLS_WEIGHT = 2.0
-    gp.KPT_L1_WEIGHT = 10.0
-    gp.OKS_WEIGHT = 4.0
-    gp.COST_CLASS = 2.0
-    gp.COST_KPT_L1 = 10.0
-    gp.COST_OKS = 4.0
+    gp.IN_FEATURES = ["res3", "res4", "res5"]  # backbone outputs read, finest first
+    gp.POS_TEMPERATURE = 20.0  # temperature of the feature maps' sine position encoding
+    gp.FOCAL_ALPHA = 0.25  # alpha of the focal classification loss and matching cost
+    gp.CLS_WEIGHT = 2.0  # loss weight: focal classification
+    gp.KPT_L1_WEIGHT = 10.0  # loss weight: keypoint L1
+    gp.OKS_WEIGHT = 4.0  # loss weight: 1 - OKS
+    gp.COST_CLASS = 2.0  # matching cost weight: focal classification
+    gp.COST_KPT_L1 = 10.0  # matching cost weight: keypoint L1
+    gp.COST_OKS = 4.0  # matching cost weight: 1 - OKS
     gp.AUX_LOSS = True  # losses on every decoder layer, not only the last
     gp.INTERM_LOSS_WEIGHT = 1.0  # multiplies the encoder (two-stage) prediction's losses
     # Per-keypoint OKS sigmas (K values). Empty: the `kpt_oks_sigmas` of the metadata of
@@ -69,76 +69,43 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     gp.QUERIES = "instance_and_keypoint"  # | keypoint_only | instance_only (Table 4a)
     gp.SCORE_FROM = "instance"  # | mean_keypoint: the pose score's query (Table 4b)
     # Human detection decoder (Table 5): this many box-query layers before the DEC_LAYERS Group
-    # Pose layers (the paper: 2 + 4), trained with focal classification, box L1 and GIoU losses
-    # (weights CLS_WEIGHT / BOX_L1_WEIGHT / GIOU_WEIGHT, matching costs COST_CLASS /
-    # COST_BOX_L1 / COST_GIOU; the values of ED-Pose). 0 = none.
+    # Pose layers (the paper: 2 + 4), trained with focal classification (CLS_WEIGHT,
+    # COST_CLASS), box L1 and GIoU losses (the values of ED-Pose). 0 = none.
     gp.DETECTION_DECODER_LAYERS = 0
-    gp.BOX_L1_WEIGHT = 5.0
-    gp.GIOU_WEIGHT = 2.0
-    gp.COST_BOX_L1 = 5.0
-    gp.COST_GIOU = 2.0
+    gp.BOX_L1_WEIGHT = 5.0  # loss weight: box L1
+    gp.GIOU_WEIGHT = 2.0  # loss weight: 1 - GIoU
+    gp.COST_BOX_L1 = 5.0  # matching cost weight: box L1
+    gp.COST_GIOU = 2.0  # matching cost weight: -GIoU
 
     # Swin backbone (MODEL.BACKBONE.NAME "build_swin_backbone"): Swin-T defaults. Frozen parts
     # follow MODEL.BACKBONE.FREEZE_AT (0 none, 1 patch embedding, k >= 2 also res2 .. res{k}).
     cfg.MODEL.SWIN = CfgNode()
     swin = cfg.MODEL.SWIN
-    swin.EMBED_DIM = 96
-    swin.DEPTHS = [2, 2, 6, 2]
-    swin.NUM_HEADS = [3, 6, 12, 24]
+    swin.EMBED_DIM = 96  # channels of the patch embedding (stage 1)
+    swin.DEPTHS = [2, 2, 6, 2]  # blocks per stage
+    swin.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage
     swin.WINDOW_SIZE = 7  # the pretraining's: 7 for ImageNet 224 px, 12 for 384 px
-    swin.MLP_RATIO = 4.0
-    swin.DROP_PATH_RATE = 0.2
+    swin.MLP_RATIO = 4.0  # hidden size of the blocks' MLPs / channels
+    swin.DROP_PATH_RATE = 0.2  # stochastic depth, rising linearly from 0 over the blocks
     swin.OUT_FEATURES = ["res3", "res4", "res5"]  # strides 8, 16, 32
     swin.USE_CHECKPOINT = False  # activation checkpointing of every block (saves memory)
 
-    cfg.INPUT.FORMAT = "RGB"
-    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
-    cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.MODEL.RESNETS.NORM = "FrozenBN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
-
-    # Solver --------------------------------------------------------------------------------
-    # The paper's recipe, used by grouppose.engine (owned by the training code): AdamW, lr 1e-4,
-    # weight decay 1e-4 on every parameter, backbone and sampling-offset / reference-point
-    # projections at 0.1 x lr, no warmup, gradient norm of the whole model clipped at 0.1.
-    # Schedules (MAX_ITER, STEPS, IMS_PER_BATCH) are set per dataset in the configs.
-    cfg.SOLVER.BASE_LR = 1e-4
-    cfg.SOLVER.WEIGHT_DECAY = 1e-4
-    cfg.SOLVER.WEIGHT_DECAY_NORM = 1e-4
+    # Solver keys of the paper's recipe that Detectron2 lacks (grouppose.engine.build_optimizer).
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # lr factor of `backbone.*` parameters
     cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1  # lr factor of parameters in modules named ...
-    cfg.SOLVER.LINEAR_PROJ_NAMES = ["sampling_offsets", "reference_points"]
-    cfg.SOLVER.WARMUP_ITERS = 0
-    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
-    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"  # also Detectron2's "value" / "norm"
-    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.1
-    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
-    # Batches follow a seeded, resumable stream (grouppose.engine.data_stream), not groups of
-    # similar aspect ratio.
-    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
-
-    # Data ----------------------------------------------------------------------------------
-    # The paper's (ED-Pose's) augmentation, built by grouppose.data.build_augmentation: flip,
-    # then with probability CROP_PROB resize the short side to one of CROP_RESIZE_SIZES and
-    # crop h, w in CROP.SIZE, then resize the short side to one of MIN_SIZE_TRAIN (long side
-    # <= MAX_SIZE_TRAIN). Test: short side 800, long side <= 1333.
-    cfg.INPUT.MIN_SIZE_TRAIN = tuple(range(480, 801, 32))
-    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
-    cfg.INPUT.MAX_SIZE_TRAIN = 1333
-    cfg.INPUT.MIN_SIZE_TEST = 800
-    cfg.INPUT.MAX_SIZE_TEST = 1333
-    cfg.INPUT.RANDOM_FLIP = "horizontal"
-    cfg.INPUT.CROP.ENABLED = True
-    cfg.INPUT.CROP.TYPE = "absolute_range"
-    cfg.INPUT.CROP.SIZE = [384, 600]
-    cfg.INPUT.CROP_RESIZE_SIZES = (400, 500, 600)  # new key: the crop branch's first resize
-    cfg.INPUT.CROP_PROB = 0.5  # new key: probability of the crop branch
+    cfg.SOLVER.LINEAR_PROJ_NAMES = ["sampling_offsets", "reference_points"]  # ... these
+    # Input keys of the paper's crop branch (grouppose.data.build_augmentation).
+    cfg.INPUT.CROP_RESIZE_SIZES = (400, 500, 600)  # short sides of the resize before the crop
+    cfg.INPUT.CROP_PROB = 0.5  # probability of the crop branch
 
 
 def get_grouppose_cfg(config_file: str = "", opts: Sequence = ()) -> CfgNode:
     """Detectron2's defaults + ``add_grouppose_config`` + ``config_file`` (if given) + ``KEY VALUE``
     ``opts``, unfrozen: the config every entry point (train_net, demo, tools) starts from.
+
+    Group Pose's values of Detectron2's keys come from the config file: the shipped configs all
+    inherit configs/Base-GroupPose.yaml. Without a file the config has Group Pose's keys but
+    Detectron2's default model, input and solver.
 
     Raises:
         ValueError naming ``config_file`` when it does not exist.
