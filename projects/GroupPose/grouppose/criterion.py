@@ -13,16 +13,12 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
-from grouppose.matcher import HungarianMatcher, NonFiniteCostError
-from grouppose.oks import as_sigmas, keypoint_similarity
+from grouppose.matcher import FOCAL_GAMMA, HungarianMatcher, Matches, NonFiniteCostError
+from grouppose.oks import MIN_OKS, as_sigmas, keypoint_similarity
 
 DEFAULT_LOSS_WEIGHTS = {"loss_cls": 2.0, "loss_keypoints": 10.0, "loss_oks": 4.0}
 INTERM_SUFFIX = "_interm"
-_FOCAL_GAMMA = 2.0
-# The official OKS loss clamps the similarity before taking 1 - OKS.
-_MIN_OKS = 1e-6
 
-Matches = List[Tuple[Tensor, Tensor]]
 NamedPredictions = List[Tuple[str, Mapping[str, Tensor]]]
 
 DIVERGENCE_ADVICE = (
@@ -61,6 +57,38 @@ def match_each(
         except NonFiniteCostError:
             diverged.append(f"{name} ({describe_non_finite(predictions)})")
     return matches, diverged
+
+
+def matched_queries(matches: Matches, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """(batch indices (M,), query indices (M,)) of the M matched queries of a batch, on
+    ``device``: ``predictions[batch, query]`` picks their rows of a (B, N, ...) tensor."""
+    batch_index = torch.cat([
+        torch.full_like(queries, image) for image, (queries, _) in enumerate(matches)
+    ]).to(device)
+    query_index = torch.cat([queries for queries, _ in matches]).to(device)
+    return batch_index, query_index
+
+
+def matched_targets(
+    targets: List[Dict[str, Tensor]], matches: Matches, key: str, device: torch.device
+) -> Tensor:
+    """(M, ...) ``target[key]`` of the person each matched query is assigned to, in the order of
+    ``matched_queries``, on ``device``."""
+    return torch.cat([
+        target[key][people.to(target[key].device)]
+        for target, (_, people) in zip(targets, matches)
+    ]).to(device)
+
+
+def focal_classification_loss(
+    logits: Tensor, batch_index: Tensor, query_index: Tensor, alpha: float
+) -> Tensor:
+    """Sigmoid focal loss of every query's (B, N) person logit, summed; the queries at
+    (batch_index, query_index) are persons. (The official averages over queries, sums over
+    images and multiplies by the number of queries, which is this plain sum.)"""
+    is_person = torch.zeros_like(logits)
+    is_person[batch_index, query_index] = 1
+    return sigmoid_focal_loss(logits, is_person, alpha=alpha, gamma=FOCAL_GAMMA).sum()
 
 
 def _training_iteration() -> str:
@@ -231,28 +259,18 @@ class SetCriterion(nn.Module):
     ) -> Dict[str, Tensor]:
         """Unsuffixed losses of one set of predictions given its matching."""
         logits = predictions["pred_logits"]
-        batch_index = torch.cat([
-            torch.full_like(query_index, image) for image, (query_index, _) in enumerate(matches)
-        ]).to(logits.device)
-        query_index = torch.cat([query_index for query_index, _ in matches]).to(logits.device)
-
-        # Focal loss over every query. The official averages over queries, sums over images and
-        # multiplies by the number of queries, which is the plain sum used here.
-        is_person = torch.zeros_like(logits)
-        is_person[batch_index, query_index] = 1
-        focal = sigmoid_focal_loss(logits, is_person, alpha=self.focal_alpha, gamma=_FOCAL_GAMMA)
-
-        matched = {key: torch.cat([t[key][target_index.to(t[key].device)]
-                                   for t, (_, target_index) in zip(targets, matches)])
+        batch_index, query_index = matched_queries(matches, logits.device)
+        focal = focal_classification_loss(logits, batch_index, query_index, self.focal_alpha)
+        matched = {key: matched_targets(targets, matches, key, logits.device)
                    for key in ("keypoints", "visible", "area")}
         pred = predictions["pred_keypoints"][batch_index, query_index]
         l1 = (pred - matched["keypoints"]).abs() * matched["visible"][..., None]
         oks = keypoint_similarity(
             pred, matched["keypoints"], matched["visible"], matched["area"],
             self.sigmas.to(pred.device),
-        ).clamp(min=_MIN_OKS)
+        ).clamp(min=MIN_OKS)
         return {
-            "loss_cls": focal.sum() / num_people,
+            "loss_cls": focal / num_people,
             "loss_keypoints": l1.sum() / num_people,
             "loss_oks": (1 - oks).sum() / num_people,
         }

@@ -10,17 +10,17 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import (
-    box_convert,
-    generalized_box_iou,
-    generalized_box_iou_loss,
-    sigmoid_focal_loss,
+from torchvision.ops import box_convert, generalized_box_iou, generalized_box_iou_loss
+
+from grouppose.criterion import (
+    focal_classification_loss,
+    match_each,
+    matched_queries,
+    matched_targets,
+    num_people_across_workers,
 )
+from grouppose.matcher import Matches, focal_class_cost, match_each_image
 
-from grouppose.criterion import match_each, num_people_across_workers
-from grouppose.matcher import focal_class_cost, optimal_assignment
-
-_FOCAL_GAMMA = 2.0
 DETECTION_LOSS_NAMES = ("loss_det_cls", "loss_det_bbox", "loss_det_giou")
 
 
@@ -76,28 +76,25 @@ class DetectionCriterion(nn.Module):
             for layer in range(num_layers) for name, weight in weights.items()
         }
 
+    def cost_matrix(self, logits: Tensor, boxes: Tensor, target_boxes: Tensor) -> Tensor:
+        """Matching cost of one image: (N,) logits, (N, 4) boxes, (n, 4) target boxes, all
+        (cx, cy, w, h) -> (N, n) cost."""
+        giou = generalized_box_iou(
+            box_convert(boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
+        )
+        return (self.cost_class * focal_class_cost(logits, self.focal_alpha)[:, None]
+                + self.cost_box_l1 * torch.cdist(boxes, target_boxes, p=1)
+                - self.cost_giou * giou)
+
     @torch.no_grad()
-    def match(
-        self, logits: Tensor, boxes: Tensor, targets: List[Dict[str, Tensor]]
-    ) -> List[Tuple[Tensor, Tensor]]:
+    def match(self, logits: Tensor, boxes: Tensor, targets: List[Dict[str, Tensor]]) -> Matches:
         """(B, N) logits, (B, N, 4) boxes, targets with ``boxes`` (n, 4) -> per image (query
-        indices, target indices), int64 on the CPU, ordered by query index."""
-        matches = []
-        for image_logits, image_boxes, target in zip(logits, boxes, targets):
-            target_boxes = target["boxes"]
-            if target_boxes.shape[0] == 0:
-                empty = torch.zeros(0, dtype=torch.int64)
-                matches.append((empty, empty.clone()))
-                continue
-            giou = generalized_box_iou(
-                box_convert(image_boxes, "cxcywh", "xyxy"),
-                box_convert(target_boxes, "cxcywh", "xyxy"),
-            )
-            cost = (self.cost_class * focal_class_cost(image_logits, self.focal_alpha)[:, None]
-                    + self.cost_box_l1 * torch.cdist(image_boxes, target_boxes, p=1)
-                    - self.cost_giou * giou)
-            matches.append(optimal_assignment(cost))
-        return matches
+        indices, target indices), int64 on the CPU, ordered by query index (see
+        grouppose.matcher.match_each_image)."""
+        return match_each_image(
+            targets, "boxes",
+            lambda image, target: self.cost_matrix(logits[image], boxes[image], target["boxes"]),
+        )
 
     def forward(
         self, logits: List[Tensor], boxes: List[Tensor], targets: List[Dict[str, Tensor]]
@@ -129,27 +126,19 @@ class DetectionCriterion(nn.Module):
 
     def layer_losses(
         self, logits: Tensor, boxes: Tensor, targets: List[Dict[str, Tensor]],
-        matches: List[Tuple[Tensor, Tensor]], num_people: float,
+        matches: Matches, num_people: float,
     ) -> Dict[str, Tensor]:
         """Unsuffixed losses of one layer given its matching."""
-        device = logits.device
-        batch_index = torch.cat([
-            torch.full_like(queries, image) for image, (queries, _) in enumerate(matches)
-        ]).to(device)
-        query_index = torch.cat([queries for queries, _ in matches]).to(device)
-        is_person = torch.zeros_like(logits)
-        is_person[batch_index, query_index] = 1
-        focal = sigmoid_focal_loss(logits, is_person, alpha=self.focal_alpha, gamma=_FOCAL_GAMMA)
+        batch_index, query_index = matched_queries(matches, logits.device)
+        focal = focal_classification_loss(logits, batch_index, query_index, self.focal_alpha)
         pred = boxes[batch_index, query_index]
-        target = torch.cat([
-            t["boxes"][people.to(t["boxes"].device)] for t, (_, people) in zip(targets, matches)
-        ]).to(device)
+        target = matched_targets(targets, matches, "boxes", logits.device)
         giou = generalized_box_iou_loss(
             box_convert(pred, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy"),
             reduction="sum",
         )
         return {
-            "loss_det_cls": focal.sum() / num_people,
+            "loss_det_cls": focal / num_people,
             "loss_det_bbox": (pred - target).abs().sum() / num_people,
             "loss_det_giou": giou / num_people,
         }

@@ -1,16 +1,20 @@
 """One-to-one assignment of predicted poses to ground-truth people (Hungarian matching)."""
 
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from grouppose.oks import as_sigmas, pairwise_keypoint_similarity
+from grouppose.oks import MIN_OKS, as_sigmas, pairwise_keypoint_similarity
 
 # Keeps log() finite in the focal classification cost, as Deformable-DETR-family matchers do.
 _LOG_EPS = 1e-8
-_FOCAL_GAMMA = 2.0
+# Gamma of every focal classification cost and loss (pose and detection), as in Deformable DETR.
+FOCAL_GAMMA = 2.0
+
+# Per image (query indices (m,), target indices (m,)), int64 on the CPU, ordered by query index.
+Matches = List[Tuple[Tensor, Tensor]]
 
 
 class NonFiniteCostError(FloatingPointError):
@@ -42,7 +46,35 @@ def optimal_assignment(cost: Tensor) -> Tuple[Tensor, Tensor]:
             torch.as_tensor(target_indices, dtype=torch.int64))
 
 
-def focal_class_cost(logits: Tensor, alpha: float, gamma: float = _FOCAL_GAMMA) -> Tensor:
+def match_each_image(
+    targets: Sequence[Dict[str, Tensor]], target_key: str,
+    cost_matrix: Callable[[int, Dict[str, Tensor]], Tensor],
+) -> Matches:
+    """The optimal assignment of every image of a batch.
+
+    Args:
+        targets: B dicts; ``target[target_key]`` holds the image's n people along dim 0.
+        cost_matrix: (image index, target) -> (Q, n) matching cost of that image; called only
+            for images with people.
+
+    Returns:
+        B pairs (query indices (m,), target indices (m,)) (see optimal_assignment), empty for an
+        image without people.
+
+    Raises:
+        NonFiniteCostError when a cost is NaN or infinite.
+    """
+    matches = []
+    for image, target in enumerate(targets):
+        if target[target_key].shape[0] == 0:
+            empty = torch.zeros(0, dtype=torch.int64)
+            matches.append((empty, empty.clone()))
+        else:
+            matches.append(optimal_assignment(cost_matrix(image, target)))
+    return matches
+
+
+def focal_class_cost(logits: Tensor, alpha: float, gamma: float = FOCAL_GAMMA) -> Tensor:
     """Cost of calling each query a person: focal loss if positive minus focal loss if negative.
 
     Args:
@@ -102,9 +134,7 @@ class HungarianMatcher(nn.Module):
         self.sigmas = as_sigmas(sigmas)
 
     @torch.no_grad()
-    def forward(
-        self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]
-    ) -> List[Tuple[Tensor, Tensor]]:
+    def forward(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]) -> Matches:
         """
         Args:
             outputs: `pred_logits` (B, N) and `pred_keypoints` (B, N, K, 2); other keys ignored.
@@ -124,10 +154,10 @@ class HungarianMatcher(nn.Module):
         if pred_keypoints.shape[2] != self.sigmas.numel():
             raise ValueError(f"pred_keypoints has {pred_keypoints.shape[2]} keypoints, sigmas "
                              f"{self.sigmas.numel()}")
-        return [
-            self._match_image(image_logits, image_keypoints, target)
-            for image_logits, image_keypoints, target in zip(logits, pred_keypoints, targets)
-        ]
+        return match_each_image(
+            targets, "keypoints",
+            lambda image, target: self.cost_matrix(logits[image], pred_keypoints[image], target),
+        )
 
     def cost_matrix(
         self, logits: Tensor, pred_keypoints: Tensor, target: Dict[str, Tensor]
@@ -146,14 +176,6 @@ class HungarianMatcher(nn.Module):
         oks = pairwise_keypoint_similarity(
             pred_keypoints, target["keypoints"], visible, target["area"],
             self.sigmas.to(pred_keypoints.device),
-        ).clamp(min=1e-6)
+        ).clamp(min=MIN_OKS)
         return (self.cost_class * class_cost + self.cost_keypoints * l1_cost
                 + self.cost_oks * (1 - oks))
-
-    def _match_image(
-        self, logits: Tensor, pred_keypoints: Tensor, target: Dict[str, Tensor]
-    ) -> Tuple[Tensor, Tensor]:
-        if target["keypoints"].shape[0] == 0:
-            empty = torch.zeros(0, dtype=torch.int64)
-            return empty, empty.clone()
-        return optimal_assignment(self.cost_matrix(logits, pred_keypoints, target))

@@ -31,6 +31,9 @@ CROWDPOSE_OKS_SIGMAS = tuple(
 _MIN_AREA = 1e-12
 # Added to the number of labeled keypoints, as the official code does.
 _VISIBLE_COUNT_EPS = 1e-6
+# The official OKS loss and OKS matching cost clamp the similarity to >= this before taking
+# 1 - OKS.
+MIN_OKS = 1e-6
 
 
 def default_oks_sigmas(num_keypoints: int) -> Tensor:
