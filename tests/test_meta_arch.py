@@ -4,6 +4,7 @@ Uses a tiny model (tests/tiny_grouppose.py: ResNet-18, hidden size 64, 1 encoder
 few instances, for speed.
 """
 
+import hashlib
 import itertools
 
 import pytest
@@ -18,6 +19,9 @@ from tiny_grouppose import BASE_CONFIG, tiny_config
 
 import grouppose
 from grouppose.config import get_grouppose_cfg
+from grouppose.decoder import GroupPoseDecoder
+from grouppose.detection_decoder import HumanDetectionDecoder
+from grouppose.encoder import DeformableEncoder
 from grouppose.meta_arch import GroupPose, padding_mask
 from grouppose.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
 from grouppose.postprocess import KEYPOINT_SCORE, PIXEL_CENTER_OFFSET
@@ -115,6 +119,32 @@ def test_import_registers_and_config_defaults():
     assert cfg.MODEL.META_ARCHITECTURE == "GroupPose" and cfg.INPUT.FORMAT == "RGB"
     assert not cfg.MODEL.RESNETS.STRIDE_IN_1X1 and cfg.MODEL.RESNETS.NORM == "FrozenBN"
     assert cfg.MODEL.BACKBONE.FREEZE_AT == 2
+
+
+LAYER_ARGS = {"num_layers": 2, "dim": 32, "num_heads": 4, "ffn_dim": 64, "dropout": 0.0,
+              "num_levels": 2, "num_points": 2}
+# The first 16 hex digits of the sha256 of each part's state dict (names and float32 bytes, in
+# order), built with LAYER_ARGS after torch.manual_seed(0): the initialisation each part had
+# before they shared grouppose.blocks.init_transformer_layers. Change a digest only for an
+# intended change of initialisation: training from scratch starts from these values.
+INIT_DIGESTS = {
+    "encoder": ("3194c3800ed2058c", lambda: DeformableEncoder(**LAYER_ARGS)),
+    "decoder": ("0d074f26110628b9", lambda: GroupPoseDecoder(**LAYER_ARGS, num_keypoints=3)),
+    "detection_decoder": (
+        "ec27afdcafaf06f4", lambda: HumanDetectionDecoder(**LAYER_ARGS, num_keypoints=3)
+    ),
+}
+
+
+@pytest.mark.parametrize("part", sorted(INIT_DIGESTS))
+def test_seeded_initialisation_is_unchanged(part):
+    expected, build_part = INIT_DIGESTS[part]
+    torch.manual_seed(0)
+    digest = hashlib.sha256()
+    for name, value in build_part().state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.numpy().tobytes())
+    assert digest.hexdigest()[:16] == expected
 
 
 def test_training_two_sizes_with_an_image_without_people():

@@ -5,6 +5,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from grouppose.layers import MSDeformAttn
 from grouppose.layers.linear import Linear, runs_onednn
 
 # The official refinement clamps probabilities to [eps, 1 - eps] before taking the logit, so a
@@ -17,6 +18,18 @@ PERSON_PRIOR_PROB = 0.01
 def person_prior_logit(prior_prob: float = PERSON_PRIOR_PROB) -> float:
     """Bias that makes a class head initially predict ``prior_prob``."""
     return -math.log((1 - prior_prob) / prior_prob)
+
+
+def init_transformer_layers(layers: nn.Module) -> None:
+    """Deformable DETR's initialisation of a stack of attention layers: Xavier-uniform for every
+    weight matrix, in parameter order, then every MSDeformAttn's own initialisation (which
+    replaces the Xavier weights of its offset and attention-weight projections)."""
+    for p in layers.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    for module in layers.modules():
+        if isinstance(module, MSDeformAttn):
+            module.reset_parameters()
 
 
 def inverse_sigmoid(x: Tensor, eps: float = INVERSE_SIGMOID_EPS) -> Tensor:

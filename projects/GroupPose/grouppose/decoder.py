@@ -13,7 +13,13 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
-from grouppose.blocks import MLP, FeedForward, inverse_sigmoid, person_prior_logit
+from grouppose.blocks import (
+    MLP,
+    FeedForward,
+    init_transformer_layers,
+    inverse_sigmoid,
+    person_prior_logit,
+)
 from grouppose.encoder import FlattenedLevels
 from grouppose.layers import Linear, MSDeformAttn
 from grouppose.position_encoding import point_position_encoding
@@ -230,14 +236,9 @@ class GroupPoseDecoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier for the layers' and the position head's weights, Deformable DETR init for
-        deformable attention, class bias at the person prior, zero initial keypoint offsets."""
-        for p in self.layers.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for module in self.layers.modules():
-            if isinstance(module, MSDeformAttn):
-                module.reset_parameters()
+        """The layers as Deformable DETR initialises them, Xavier position head, class bias at
+        the person prior, zero initial keypoint offsets."""
+        init_transformer_layers(self.layers)
         for layer in self.keypoint_pos_head.layers:
             nn.init.xavier_uniform_(layer.weight)
         for head in self.class_heads:

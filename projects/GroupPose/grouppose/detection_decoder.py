@@ -18,7 +18,13 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from grouppose.blocks import MLP, FeedForward, inverse_sigmoid, person_prior_logit
+from grouppose.blocks import (
+    MLP,
+    FeedForward,
+    init_transformer_layers,
+    inverse_sigmoid,
+    person_prior_logit,
+)
 from grouppose.encoder import FlattenedLevels
 from grouppose.layers import Linear, MSDeformAttn
 from grouppose.position_encoding import point_position_encoding
@@ -130,15 +136,10 @@ class HumanDetectionDecoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier weights, Deformable DETR init for deformable attention, person-prior class
-        biases, zero last layers of the box and pose heads (boxes start at the proposals,
-        poses at the box centers)."""
-        for p in self.layers.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for module in self.layers.modules():
-            if isinstance(module, MSDeformAttn):
-                module.reset_parameters()
+        """The layers as Deformable DETR initialises them, person-prior class biases, zero last
+        layers of the box and pose heads (boxes start at the proposals, poses at the box
+        centers)."""
+        init_transformer_layers(self.layers)
         for head in self.class_heads:
             nn.init.constant_(head.bias, person_prior_logit())
         for head in [*self.box_heads, self.pose_head]:

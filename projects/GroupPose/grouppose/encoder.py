@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from grouppose.blocks import FeedForward
+from grouppose.blocks import FeedForward, init_transformer_layers
 from grouppose.layers import MSDeformAttn
 
 
@@ -144,13 +144,8 @@ class DeformableEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier for linear weights, Deformable DETR init for deformable attention."""
-        for p in self.layers.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for module in self.modules():
-            if isinstance(module, MSDeformAttn):
-                module.reset_parameters()
+        """The layers as Deformable DETR initialises them, a standard normal level embedding."""
+        init_transformer_layers(self.layers)
         nn.init.normal_(self.level_embed)
 
     def forward(self, levels: FlattenedLevels) -> Tensor:
