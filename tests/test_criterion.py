@@ -242,11 +242,11 @@ def test_constructor_and_output_checks():
         SetCriterion(HungarianMatcher(sigmas=sigmas), sigmas, weight_dict={"loss_ce": 2.0})
     criterion = SetCriterion(HungarianMatcher(sigmas=sigmas), sigmas,
                              weight_dict={"loss_cls": 1.0, "loss_keypoints": 3.0, "loss_oks": 5.0},
-                             num_aux_outputs=1)
+                             num_aux_outputs=1, interm_loss_weight=0.5)
     assert criterion.weight_dict == {
         "loss_cls": 1.0, "loss_keypoints": 3.0, "loss_oks": 5.0,
         "loss_cls_0": 1.0, "loss_keypoints_0": 3.0, "loss_oks_0": 5.0,
-        "loss_cls_interm": 1.0, "loss_keypoints_interm": 3.0, "loss_oks_interm": 5.0}
+        "loss_cls_interm": 0.5, "loss_keypoints_interm": 1.5, "loss_oks_interm": 2.5}
     assert "sigmas" not in criterion.state_dict() and "matcher.sigmas" not in criterion.state_dict()
     outputs = _random_outputs(torch.Generator().manual_seed(2), 1, 4, 3, num_aux=2)
     with pytest.raises(ValueError, match="aux_outputs"):

@@ -10,7 +10,11 @@ from torchvision.ops import box_convert
 
 from grouppose.checkpoint import convert_official_checkpoint
 from grouppose.detection_criterion import DetectionCriterion, person_boxes
-from grouppose.detection_decoder import proposal_boxes
+from grouppose.detection_decoder import (
+    HumanDetectionDecoder,
+    build_detection_branch,
+    proposal_boxes,
+)
 from grouppose.query_selection import encoder_proposals
 
 DETECTION_LAYERS = 2
@@ -69,6 +73,18 @@ def test_detection_criterion_matching_and_losses():
     empty = criterion([logits], [boxes], [{"boxes": torch.zeros(0, 4),
                                             "keypoints": torch.zeros(0, 3, 2)}])
     assert empty["loss_det_bbox_0"] == 0 and empty["loss_det_cls_0"] > 0
+
+
+def test_detection_branch_from_config():
+    assert build_detection_branch(tiny_cfg()) == (None, None)  # the paper's model
+    cfg = tiny_cfg(DETECTION_DECODER_LAYERS=2, CLS_WEIGHT=3.0, COST_GIOU=1.5)
+    decoder, criterion = build_detection_branch(cfg)
+    assert isinstance(decoder, HumanDetectionDecoder) and len(decoder.layers) == 2
+    assert decoder.class_heads[0].in_features == cfg.MODEL.GROUP_POSE.HIDDEN_DIM
+    assert criterion.cost_giou == 1.5 and set(criterion.weight_dict) == {
+        f"{name}_{layer}" for name in ("loss_det_cls", "loss_det_bbox", "loss_det_giou")
+        for layer in range(2)}
+    assert criterion.weight_dict["loss_det_cls_1"] == 3.0
 
 
 def test_network_initialises_the_pose_decoder_from_the_detections():

@@ -120,6 +120,16 @@ def get_grouppose_cfg(config_file: str = "", opts: Sequence = ()) -> CfgNode:
     return cfg
 
 
+def attention_layer_args(cfg: CfgNode) -> Dict[str, Any]:
+    """The constructor arguments every stack of attention layers (encoder, decoder, detection
+    decoder) shares: ``dim``, ``num_heads``, ``ffn_dim``, ``dropout``, ``num_levels``."""
+    gp = cfg.MODEL.GROUP_POSE
+    return {
+        "dim": gp.HIDDEN_DIM, "num_heads": gp.NHEADS, "ffn_dim": gp.DIM_FEEDFORWARD,
+        "dropout": gp.DROPOUT, "num_levels": gp.NUM_FEATURE_LEVELS,
+    }
+
+
 class _Rule(NamedTuple):
     """What a config value must be: ``description`` completes "KEY must be ..."."""
 

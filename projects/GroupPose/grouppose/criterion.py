@@ -9,10 +9,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import torch
 import torch.distributed as dist
+from detectron2.config import CfgNode
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
+from grouppose.config import resolve_oks_sigmas
 from grouppose.matcher import FOCAL_GAMMA, HungarianMatcher, Matches, NonFiniteCostError
 from grouppose.oks import MIN_OKS, as_sigmas, keypoint_similarity
 
@@ -127,10 +129,17 @@ def build_targets(
     return {"keypoints": xy, "visible": visible, "area": area.float() / (width * height)}
 
 
-def expand_weight_dict(base_weights: Mapping[str, float], num_aux_outputs: int) -> Dict[str, float]:
-    """Weights for every returned loss name: the base names plus `_{i}` and `_interm` copies."""
-    suffixes = ["", *(f"_{i}" for i in range(num_aux_outputs)), INTERM_SUFFIX]
-    return {name + suffix: weight for suffix in suffixes for name, weight in base_weights.items()}
+def expand_weight_dict(
+    base_weights: Mapping[str, float], num_aux_outputs: int, interm_loss_weight: float = 1.0
+) -> Dict[str, float]:
+    """Weights for every returned loss name: the base names plus `_{i}` copies and `_interm`
+    copies multiplied by ``interm_loss_weight``."""
+    suffixes = ["", *(f"_{i}" for i in range(num_aux_outputs))]
+    weights = {name + suffix: weight
+               for suffix in suffixes for name, weight in base_weights.items()}
+    weights.update({name + INTERM_SUFFIX: weight * interm_loss_weight
+                    for name, weight in base_weights.items()})
+    return weights
 
 
 def num_people_across_workers(
@@ -186,6 +195,7 @@ class SetCriterion(nn.Module):
         focal_alpha: float = 0.25,
         weight_dict: Optional[Mapping[str, float]] = None,
         num_aux_outputs: int = 0,
+        interm_loss_weight: float = 1.0,
     ):
         """
         Args:
@@ -196,6 +206,8 @@ class SetCriterion(nn.Module):
                 2 / 10 / 4). `self.weight_dict` repeats them for every suffix.
             num_aux_outputs: number of earlier decoder layers in `aux_outputs`
                 (decoder layers - 1).
+            interm_loss_weight: multiplies the weights of the encoder's (two-stage) `_interm`
+                losses.
         """
         super().__init__()
         base_weights = dict(DEFAULT_LOSS_WEIGHTS if weight_dict is None else weight_dict)
@@ -211,7 +223,7 @@ class SetCriterion(nn.Module):
         self.matcher = matcher
         self.focal_alpha = focal_alpha
         self.num_aux_outputs = num_aux_outputs
-        self.weight_dict = expand_weight_dict(base_weights, num_aux_outputs)
+        self.weight_dict = expand_weight_dict(base_weights, num_aux_outputs, interm_loss_weight)
         self.sigmas = sigmas  # moved to the predictions' device when used, as in the matcher
 
     def named_predictions(self, outputs: Dict) -> List[Tuple[str, Dict[str, Tensor]]]:
@@ -274,3 +286,22 @@ class SetCriterion(nn.Module):
             "loss_keypoints": l1.sum() / num_people,
             "loss_oks": (1 - oks).sum() / num_people,
         }
+
+
+def build_criterion(cfg: CfgNode) -> SetCriterion:
+    """The Group Pose losses of ``cfg.MODEL.GROUP_POSE``, their Hungarian matcher included."""
+    gp = cfg.MODEL.GROUP_POSE
+    sigmas = resolve_oks_sigmas(cfg)
+    matcher = HungarianMatcher(
+        cost_class=gp.COST_CLASS, cost_keypoints=gp.COST_KPT_L1, cost_oks=gp.COST_OKS,
+        focal_alpha=gp.FOCAL_ALPHA, sigmas=sigmas,
+    )
+    return SetCriterion(
+        matcher, sigmas, focal_alpha=gp.FOCAL_ALPHA,
+        weight_dict={
+            "loss_cls": gp.CLS_WEIGHT, "loss_keypoints": gp.KPT_L1_WEIGHT,
+            "loss_oks": gp.OKS_WEIGHT,
+        },
+        num_aux_outputs=gp.DEC_LAYERS - 1 if gp.AUX_LOSS else 0,
+        interm_loss_weight=gp.INTERM_LOSS_WEIGHT,
+    )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.config import CfgNode
 from torch import Tensor, nn
 
 from grouppose.blocks import (
@@ -25,6 +26,8 @@ from grouppose.blocks import (
     inverse_sigmoid,
     person_prior_logit,
 )
+from grouppose.config import attention_layer_args
+from grouppose.detection_criterion import DetectionCriterion
 from grouppose.encoder import FlattenedLevels
 from grouppose.layers import Linear, MSDeformAttn
 from grouppose.position_encoding import point_position_encoding
@@ -173,3 +176,24 @@ class HumanDetectionDecoder(nn.Module):
         output.hidden = content
         output.keypoints = corner + boxes[..., None, 2:] * relative
         return output
+
+
+def build_detection_branch(
+    cfg: CfgNode,
+) -> Tuple[Optional[HumanDetectionDecoder], Optional[DetectionCriterion]]:
+    """The human detection decoder of MODEL.GROUP_POSE.DETECTION_DECODER_LAYERS layers and its
+    losses (paper Table 5), or (None, None) for 0 layers (the paper's model)."""
+    gp = cfg.MODEL.GROUP_POSE
+    num_layers = gp.DETECTION_DECODER_LAYERS
+    if num_layers == 0:
+        return None, None
+    decoder = HumanDetectionDecoder(
+        num_layers, num_points=gp.DEC_N_POINTS, num_keypoints=gp.NUM_KEYPOINTS,
+        **attention_layer_args(cfg),
+    )
+    criterion = DetectionCriterion(
+        num_layers, cost_class=gp.COST_CLASS, cost_box_l1=gp.COST_BOX_L1,
+        cost_giou=gp.COST_GIOU, focal_alpha=gp.FOCAL_ALPHA, cls_weight=gp.CLS_WEIGHT,
+        box_l1_weight=gp.BOX_L1_WEIGHT, giou_weight=gp.GIOU_WEIGHT,
+    )
+    return decoder, criterion

@@ -12,14 +12,18 @@ from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from grouppose.backbone import InputProjection, use_affine_frozen_batch_norm
-from grouppose.config import INFERENCE_DTYPES, check_grouppose_config, resolve_oks_sigmas
-from grouppose.criterion import INTERM_SUFFIX, SetCriterion, build_targets
+from grouppose.config import INFERENCE_DTYPES, attention_layer_args, check_grouppose_config
+from grouppose.criterion import SetCriterion, build_criterion, build_targets
 from grouppose.decoder import DecoderOutput, GroupPoseDecoder
 from grouppose.detection_criterion import DetectionCriterion, person_boxes
-from grouppose.detection_decoder import DetectionOutput, HumanDetectionDecoder, proposal_boxes
+from grouppose.detection_decoder import (
+    DetectionOutput,
+    HumanDetectionDecoder,
+    build_detection_branch,
+    proposal_boxes,
+)
 from grouppose.encoder import DeformableEncoder, FlattenedLevels, flatten_levels
 from grouppose.layers import fast_paths_enabled
-from grouppose.matcher import HungarianMatcher
 from grouppose.position_encoding import feature_map_position_encoding
 from grouppose.postprocess import PIXEL_CENTER_OFFSET, poses_to_instances
 from grouppose.query_selection import InstanceKeypointQueries, QuerySelection, SelectedPoses
@@ -66,6 +70,17 @@ def _backbone_layout(images: Tensor) -> Tensor:
     if images.device.type == "cpu" and not torch.is_grad_enabled() and fast_paths_enabled():
         return images.contiguous(memory_format=torch.channels_last)
     return images
+
+
+def backbone_channels(backbone: Backbone, in_features: List[str]) -> List[int]:
+    """Channels of the backbone outputs ``in_features``; a ValueError names those it lacks."""
+    shapes = backbone.output_shape()
+    missing = [name for name in in_features if name not in shapes]
+    if missing:
+        raise ValueError(
+            f"MODEL.GROUP_POSE.IN_FEATURES {missing} are not backbone outputs ({sorted(shapes)})"
+        )
+    return [shapes[name].channels for name in in_features]
 
 
 def padding_mask(images: ImageList) -> Tensor:
@@ -156,74 +171,38 @@ class GroupPose(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        """The model's parts from ``cfg`` (see add_grouppose_config); a ValueError names the
-        first invalid ``MODEL.GROUP_POSE`` key (see check_grouppose_config)."""
+        """The model's parts from ``cfg`` (see add_grouppose_config), in the paper's order; a
+        ValueError names the first invalid ``MODEL.GROUP_POSE`` key (see check_grouppose_config).
+        """
         check_grouppose_config(cfg)
         gp = cfg.MODEL.GROUP_POSE
         # Frozen BN as the official computes it (see AffineFrozenBatchNorm2d).
         backbone = use_affine_frozen_batch_norm(build_backbone(cfg))
-        shapes = backbone.output_shape()
-        missing = [name for name in gp.IN_FEATURES if name not in shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.GROUP_POSE.IN_FEATURES {missing} are not backbone outputs "
-                f"({sorted(shapes)})"
-            )
+        # Built right after the backbone: the seeded initial weights of the parts built after
+        # it depend on the random numbers its initialisation draws.
+        detection_decoder, detection_criterion = build_detection_branch(cfg)
         variant = DecoderVariant.from_config(gp)
-        detection_layers = gp.DETECTION_DECODER_LAYERS
-        dim, levels = gp.HIDDEN_DIM, gp.NUM_FEATURE_LEVELS
-        layer_args = {
-            "dim": dim, "num_heads": gp.NHEADS, "ffn_dim": gp.DIM_FEEDFORWARD,
-            "dropout": gp.DROPOUT, "num_levels": levels,
-        }
-        sigmas = resolve_oks_sigmas(cfg)
-        matcher = HungarianMatcher(
-            cost_class=gp.COST_CLASS, cost_keypoints=gp.COST_KPT_L1, cost_oks=gp.COST_OKS,
-            focal_alpha=gp.FOCAL_ALPHA, sigmas=sigmas,
-        )
-        criterion = SetCriterion(
-            matcher, sigmas, focal_alpha=gp.FOCAL_ALPHA,
-            weight_dict={
-                "loss_cls": gp.CLS_WEIGHT, "loss_keypoints": gp.KPT_L1_WEIGHT,
-                "loss_oks": gp.OKS_WEIGHT,
-            },
-            num_aux_outputs=gp.DEC_LAYERS - 1 if gp.AUX_LOSS else 0,
-        )
-        for name in criterion.weight_dict:
-            if name.endswith(INTERM_SUFFIX):
-                criterion.weight_dict[name] *= gp.INTERM_LOSS_WEIGHT
-        detection = {}
-        if detection_layers > 0:
-            detection = {
-                "detection_decoder": HumanDetectionDecoder(
-                    detection_layers, num_points=gp.DEC_N_POINTS,
-                    num_keypoints=gp.NUM_KEYPOINTS, **layer_args,
-                ),
-                "detection_criterion": DetectionCriterion(
-                    detection_layers, cost_class=gp.COST_CLASS, cost_box_l1=gp.COST_BOX_L1,
-                    cost_giou=gp.COST_GIOU, focal_alpha=gp.FOCAL_ALPHA,
-                    cls_weight=gp.CLS_WEIGHT, box_l1_weight=gp.BOX_L1_WEIGHT,
-                    giou_weight=gp.GIOU_WEIGHT,
-                ),
-            }
+        layer_args = attention_layer_args(cfg)
         return {
             "backbone": backbone,
             "in_features": gp.IN_FEATURES,
             "input_proj": InputProjection(
-                [shapes[name].channels for name in gp.IN_FEATURES], dim, levels
+                backbone_channels(backbone, gp.IN_FEATURES), gp.HIDDEN_DIM,
+                gp.NUM_FEATURE_LEVELS,
             ),
-            "encoder": DeformableEncoder(
-                gp.ENC_LAYERS, num_points=gp.ENC_N_POINTS, **layer_args
-            ),
-            "query_selection": QuerySelection(dim, gp.NUM_KEYPOINTS, gp.NUM_INSTANCES),
+            "encoder": DeformableEncoder(gp.ENC_LAYERS, num_points=gp.ENC_N_POINTS, **layer_args),
+            "query_selection": QuerySelection(gp.HIDDEN_DIM, gp.NUM_KEYPOINTS, gp.NUM_INSTANCES),
+            "detection_decoder": detection_decoder,
             "queries": InstanceKeypointQueries(
-                dim, gp.NUM_KEYPOINTS, variant, instance_from_person=detection_layers > 0
+                gp.HIDDEN_DIM, gp.NUM_KEYPOINTS, variant,
+                instance_from_person=detection_decoder is not None,
             ),
             "decoder": GroupPoseDecoder(
                 gp.DEC_LAYERS, num_points=gp.DEC_N_POINTS, num_keypoints=gp.NUM_KEYPOINTS,
                 variant=variant, **layer_args,
             ),
-            "criterion": criterion,
+            "criterion": build_criterion(cfg),
+            "detection_criterion": detection_criterion,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "pos_temperature": gp.POS_TEMPERATURE,
@@ -231,7 +210,6 @@ class GroupPose(nn.Module):
             "test_topk": gp.TEST_TOPK,
             "test_score_thresh": gp.TEST_SCORE_THRESH,
             "inference_dtype": INFERENCE_DTYPES[gp.INFERENCE_PRECISION],
-            **detection,
         }
 
     @property
