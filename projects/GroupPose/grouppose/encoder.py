@@ -86,8 +86,10 @@ def encoder_reference_points(
     points = []
     for level, (height, width) in enumerate(level_shapes):
         device = valid_ratios.device
-        ys = torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device)
-        xs = torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device)
+        # arange + 0.5, not linspace: the same values, and under torch.export with dynamic shapes
+        # (the ONNX export) arange keeps the level size symbolic where linspace specialises it.
+        ys = torch.arange(height, dtype=torch.float32, device=device) + 0.5
+        xs = torch.arange(width, dtype=torch.float32, device=device) + 0.5
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         y = grid_y.reshape(1, -1) / (valid_ratios[:, None, level, 1] * height)
         x = grid_x.reshape(1, -1) / (valid_ratios[:, None, level, 0] * width)

@@ -58,8 +58,10 @@ def encoder_proposals(
         start += height * width
         valid_h = (~mask[:, :, 0]).sum(1)
         valid_w = (~mask[:, 0, :]).sum(1)
-        ys = torch.linspace(0, height - 1, height, dtype=torch.float32, device=mask.device)
-        xs = torch.linspace(0, width - 1, width, dtype=torch.float32, device=mask.device)
+        # arange, not linspace: the same values, and it keeps the level size symbolic under
+        # torch.export with dynamic shapes (the ONNX export).
+        ys = torch.arange(height, dtype=torch.float32, device=mask.device)
+        xs = torch.arange(width, dtype=torch.float32, device=mask.device)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         grid = torch.stack([grid_x, grid_y], dim=-1)  # (H, W, 2)
         scale = torch.stack([valid_w, valid_h], dim=-1).view(B, 1, 1, 2)
