@@ -27,30 +27,39 @@ __all__ = ["GroupPoseExportModule", "export_grouppose"]
 class GroupPoseExportModule(nn.Module):
     """Group Pose inference on a batch of same-size, unpadded, normalised images.
 
-    The exported program has a fixed input size (export once per size): the level geometry is
-    Python control flow and is specialised at export. Images are not padded: a padding mask
-    would need per-image sizes as input.
+    ``export_grouppose`` specialises the program to one input size; the ONNX export
+    (``grouppose.deploy.export_onnx``) can keep height and width dynamic. Images are not
+    padded: a padding mask would need per-image sizes as input.
+
+    Args:
+        model: the Group Pose model (put in eval mode).
+        raw_images: ``forward`` takes 0..255 images and normalises them itself (``normalize``),
+            so that an exported file alone turns images into poses.
     """
 
-    def __init__(self, model: GroupPose):
+    def __init__(self, model: GroupPose, raw_images: bool = False):
         super().__init__()
         self.model = model.eval()
+        self.raw_images = raw_images
 
     def normalize(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) 0..255 in the model's INPUT.FORMAT (RGB for Group Pose) -> the
         normalised input of ``forward``, exactly as the model's own preprocessing computes it."""
-        return self.model.preprocess_image([{"image": image} for image in images]).tensor
+        return self.model.normalize(images)
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         """
         Args:
-            images: (B, 3, H, W) float, already normalised (see ``normalize``).
+            images: (B, 3, H, W) float, already normalised (see ``normalize``), or 0..255 in
+                the model's INPUT.FORMAT when ``raw_images``.
 
         Returns:
             scores (B, N) person scores in [0, 1], best first;
             keypoints (B, N, K, 3) as Detectron2's ``pred_keypoints`` (x, y in pixels of the
             input, a constant per-keypoint score), in the order of ``scores``.
         """
+        if self.raw_images:
+            images = self.normalize(images)
         B, _, H, W = images.shape
         network = self.model.network(ImageList(images, [(H, W)] * B))
         scores, order = network.decoder.logits[-1].sigmoid().sort(dim=1, descending=True)

@@ -275,11 +275,13 @@ class GroupPose(nn.Module):
         rounding; matching the official rounding bit for bit keeps the backbone's gradients
         within 1e-3 of the official ones even with the reference fixture's random BN statistics.
         """
-        images = [
-            (x["image"].to(self.device) / 255 - self.image_mean) / self.image_std
-            for x in batched_inputs
-        ]
+        images = [self.normalize(x["image"]) for x in batched_inputs]
         return ImageList.from_tensors(images, size_divisibility=0)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """(..., 3, H, W) 0..255 in INPUT.FORMAT -> the network's input, on the model's device
+        (see preprocess_image; also the first step of the exported models)."""
+        return (images.to(self.device) / 255 - self.image_mean) / self.image_std
 
     def network(self, images: ImageList) -> NetworkOutput:
         """Run the network on a normalised, padded batch."""
