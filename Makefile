@@ -50,9 +50,10 @@ $(STAMPS)/xtcocotools: $(STAMPS)/detectron2
 	$(PIP) install --quiet --no-build-isolation --no-binary xtcocotools xtcocotools
 	@touch $@
 
-# Editable install; rebuilds the compiled op (grouppose._C) when its sources change.
+# Editable install with the test and deploy (ONNX export, ONNX Runtime) extras; rebuilds
+# the compiled op (grouppose._C) when its sources change.
 $(STAMPS)/grouppose: $(STAMPS)/detectron2 $(STAMPS)/xtcocotools setup.py $(CSRC)
-	$(PIP) install --quiet --no-build-isolation -e ".[test]"
+	$(PIP) install --quiet --no-build-isolation -e ".[test,deploy]"
 	@touch $@
 
 lint: setup
@@ -100,7 +101,7 @@ $(UPSTREAM_STAMPS)/xtcocotools: $(UPSTREAM_STAMPS)/detectron2
 # the same torch pins (and CUDA when available, as in `make setup`), so either may rebuild it.
 $(UPSTREAM_STAMPS)/grouppose: $(UPSTREAM_STAMPS)/detectron2 $(UPSTREAM_STAMPS)/xtcocotools \
 		setup.py $(CSRC)
-	$(UPSTREAM_PIP) install --quiet --no-build-isolation -e ".[test]"
+	$(UPSTREAM_PIP) install --quiet --no-build-isolation -e ".[test,deploy]"
 	@touch $@
 
 # GROUPPOSE_DETECTRON2=upstream: a test checks that this detectron2 is upstream main's build.

@@ -74,7 +74,12 @@ setup(
     + ["grouppose." + p for p in find_packages(PACKAGE_DIR)],
     package_data={"grouppose": ["layers/csrc/*"]},
     install_requires=["scipy", "opencv-python-headless", "tqdm"],
-    extras_require={"test": ["pytest", "ruff"]},
+    extras_require={
+        "test": ["pytest", "ruff"],
+        # ONNX export (onnx, onnxscript) and ONNX Runtime inference (grouppose.deploy); the
+        # predictor alone needs only numpy, Pillow and onnxruntime.
+        "deploy": ["numpy", "Pillow", "onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.5"],
+    },
     ext_modules=get_extensions(),
     cmdclass=get_cmdclass(),
 )

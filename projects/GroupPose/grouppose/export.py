@@ -39,8 +39,9 @@ class GroupPoseExportModule(nn.Module):
 
     def __init__(self, model: GroupPose, raw_images: bool = False):
         super().__init__()
-        self.model = model.eval()
+        self.model = model
         self.raw_images = raw_images
+        self.eval()  # the wrapper too: exporters warn about modules left in training mode
 
     def normalize(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) 0..255 in the model's INPUT.FORMAT (RGB for Group Pose) -> the

@@ -9,21 +9,30 @@ error. So files are decoded with PIL, which raises on truncated files, and:
 - the EXIF orientation is applied, as Detectron2 does;
 - a missing, truncated or undecodable file raises a ``ValueError`` naming the file.
 Arrays given to the predictor get the same conversions (``as_bgr_uint8``).
+
+Files are opened with Detectron2's ``PathManager`` (URLs, registered path prefixes) where
+Detectron2 is installed, and as local files otherwise: this module also serves the ONNX Runtime
+predictor (``grouppose.deploy``), which runs without torch and Detectron2.
 """
 
 import os
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
-from detectron2.data.detection_utils import convert_PIL_to_numpy
-from detectron2.utils.file_io import PathManager
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "as_bgr_uint8", "read_image"]
+try:
+    from detectron2.utils.file_io import PathManager
+except ModuleNotFoundError:
+    PathManager = None
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageLike", "as_bgr_uint8", "read_image", "to_bgr_uint8"]
 
 # Files a folder given to the demo is searched for (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
+# What the predictors take: an image file or an array.
+ImageLike = Union[str, os.PathLike, np.ndarray]
 SUPPORTED_FORMATS = ("RGB", "BGR")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _UINT16_TO_UINT8 = 255.0 / 65535.0
@@ -33,6 +42,13 @@ def _to_eight_bit(image: Image.Image) -> Image.Image:
     """A 16-bit (or 32-bit integer) grayscale image scaled into an 8-bit ``L`` image."""
     values = np.asarray(image, dtype=np.float64) * _UINT16_TO_UINT8
     return Image.fromarray(np.rint(np.clip(values, 0, 255)).astype(np.uint8), mode="L")
+
+
+def _open(file_name: str) -> BinaryIO:
+    """``file_name`` opened for reading bytes, through Detectron2's PathManager if installed."""
+    if PathManager is None:
+        return open(file_name, "rb")
+    return PathManager.open(file_name, "rb")
 
 
 def read_image(file_name: Union[str, os.PathLike], image_format: str = "BGR") -> np.ndarray:
@@ -53,14 +69,15 @@ def read_image(file_name: Union[str, os.PathLike], image_format: str = "BGR") ->
     if image_format not in SUPPORTED_FORMATS:
         raise ValueError(f"image_format must be one of {SUPPORTED_FORMATS}, got {image_format!r}")
     try:
-        with PathManager.open(file_name, "rb") as f:
+        with _open(file_name) as f:
             image = ImageOps.exif_transpose(Image.open(f))
             if image.mode in _SIXTEEN_BIT_MODES:
                 image = _to_eight_bit(image)
             elif image.mode == "F":
                 raise ValueError("floating-point (PIL mode 'F') images are not supported")
             # Decodes the whole file (PIL is lazy), so truncation is detected here.
-            return convert_PIL_to_numpy(image, image_format)
+            rgb = np.asarray(image.convert("RGB"))
+            return rgb[:, :, ::-1] if image_format == "BGR" else rgb
     except FileNotFoundError as e:
         raise ValueError(f"image file not found: '{file_name}'") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -102,3 +119,8 @@ def as_bgr_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     if np.issubdtype(image.dtype, np.floating):
         return np.rint(np.clip(image, 0, 255)).astype(np.uint8)
     raise ValueError(f"{name} must be uint8, uint16 or float, got dtype {image.dtype}")
+
+
+def to_bgr_uint8(image: ImageLike) -> np.ndarray:
+    """An image file (``read_image``) or array (``as_bgr_uint8``) -> (H, W, 3) uint8 BGR."""
+    return as_bgr_uint8(image) if isinstance(image, np.ndarray) else read_image(image)

@@ -13,10 +13,8 @@ and call it per image. Both run Detectron2's ``DefaultPredictor`` (resizing to
 """
 
 import os
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
@@ -24,7 +22,8 @@ from detectron2.structures import Instances
 
 from grouppose.checkpoint import SafeCheckpointer
 from grouppose.config import fall_back_to_cpu, get_grouppose_cfg
-from grouppose.image_io import as_bgr_uint8, read_image
+from grouppose.deploy.metadata import PosePrediction  # also the ONNX predictor's result
+from grouppose.image_io import ImageLike, to_bgr_uint8
 
 __all__ = [
     "GroupPosePredictor", "PosePrediction", "build_inference_config", "load_trained_weights",
@@ -32,18 +31,6 @@ __all__ = [
 ]
 
 ConfigLike = Union[str, os.PathLike, CfgNode]
-ImageLike = Union[str, os.PathLike, np.ndarray]
-
-
-@dataclass
-class PosePrediction:
-    """The poses found in one image, best first."""
-
-    keypoints: np.ndarray  # (n, K, 3) float32: x, y in pixels of the input image, score
-    scores: np.ndarray  # (n,) float32 person scores in [0, 1]
-
-    def __len__(self) -> int:
-        return len(self.scores)
 
 
 def build_inference_config(
@@ -155,8 +142,7 @@ class GroupPosePredictor:
     def instances(self, image: ImageLike) -> Instances:
         """Detectron2 output: ``Instances`` with ``pred_keypoints`` (n, K, 3) and ``scores``
         (n,), best first, on the model's device, at the image's own size."""
-        image = as_bgr_uint8(image) if isinstance(image, np.ndarray) else read_image(image)
-        return self._predictor(image)["instances"]
+        return self._predictor(to_bgr_uint8(image))["instances"]
 
     def __call__(self, image: ImageLike) -> PosePrediction:
         """
