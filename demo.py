@@ -3,11 +3,14 @@
     python demo.py --config-file configs/COCO-Keypoints/grouppose_R50_60e.yaml \
         --input photos/ "more/*.jpg" --output vis/ --opts MODEL.WEIGHTS model.pth
     python demo.py --config-file ... --video-input clip.mp4 --output clip_poses.mp4 --opts ...
+    python demo.py --onnx grouppose.onnx --input photos/ --output vis/   # ONNX Runtime
+
 
 Without --output the results are shown in a window (needs OpenCV with GUI support). MODEL.WEIGHTS
 must be a trained Group Pose checkpoint (convert an official one with
 tools/convert_official_checkpoint.py); it is read without running code from it unless
---trust-pickle is given.
+--trust-pickle is given. With --onnx a file written by tools/export_onnx.py runs in ONNX Runtime
+instead (grouppose.deploy.OnnxPosePredictor; --opts and --trust-pickle do not apply).
 """
 
 import argparse
@@ -15,13 +18,14 @@ import contextlib
 import glob
 import os
 import sys
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Union
 
 import cv2
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from grouppose.checkpoint import add_trust_pickle_argument
+from grouppose.deploy import OnnxPosePredictor
 from grouppose.image_io import IMAGE_EXTENSIONS, read_image
 from grouppose.predictor import GroupPosePredictor
 from grouppose.visualization import VisualizationDemo
@@ -37,7 +41,10 @@ VIDEO_EXTENSIONS = (".mp4",)
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Group Pose demo (Detectron2)")
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--config-file", metavar="FILE", help="path to config")
+    model.add_argument("--onnx", metavar="FILE",
+                       help="run this ONNX export (tools/export_onnx.py) with ONNX Runtime")
     parser.add_argument("--webcam", action="store_true", help="take input from the webcam")
     parser.add_argument("--video-input", help="path to a video file")
     parser.add_argument(
@@ -236,6 +243,16 @@ def check_output(output: Optional[str], paths: List[str], video: Optional[str]) 
             check_output_file(output, IMAGE_EXTENSIONS, "image")
 
 
+def build_predictor(args: argparse.Namespace) -> Union[GroupPosePredictor, OnnxPosePredictor]:
+    """The PyTorch predictor of --config-file, or the ONNX Runtime predictor of --onnx."""
+    if args.onnx:
+        return OnnxPosePredictor(args.onnx, score_threshold=args.confidence_threshold)
+    return GroupPosePredictor(
+        args.config_file, score_threshold=args.confidence_threshold, opts=args.opts,
+        trust_pickle=args.trust_pickle,
+    )
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
@@ -244,17 +261,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("give exactly one of --input, --video-input and --webcam")
     if args.webcam and args.output:
         parser.error("--output is not supported with --webcam")
+    if args.onnx and (args.opts or args.trust_pickle):
+        parser.error("--opts and --trust-pickle apply to --config-file, not to --onnx")
     logger = setup_logger(name="grouppose.demo")
     logger.info(f"Arguments: {args}")
 
     try:
         paths = expand_inputs(args.input) if args.input else []
         check_output(args.output, paths, args.video_input)
-        predictor = GroupPosePredictor(
-            args.config_file, score_threshold=args.confidence_threshold, opts=args.opts,
-            trust_pickle=args.trust_pickle,
-        )
-        demo = VisualizationDemo(predictor)
+        demo = VisualizationDemo(build_predictor(args))
         if args.input:
             return run_on_images(demo, paths, args.output)
         return run_on_video(demo, 0 if args.webcam else args.video_input, args.output)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Tuple
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -251,6 +252,23 @@ def test_onnx_predictor_runs_without_torch_and_detectron2(reference_dir, referen
     expected = OnnxPosePredictor(path, num_threads=1)(image)
     np.testing.assert_array_equal(np.float32(output["scores"]), expected.scores)
     np.testing.assert_array_equal(np.float32(output["keypoints"]), expected.keypoints)
+
+
+def test_demo_draws_the_onnx_predictors_poses(reference_dir, reference_export, tmp_path, capsys):
+    from test_demo import demo
+
+    _, path, _ = reference_export
+    image = reference_image_bgr(reference_dir)
+    cv2.imwrite(str(tmp_path / "people.png"), image)
+    output = tmp_path / "drawn.png"
+    assert demo.main([
+        "--onnx", str(path), "--confidence-threshold", "0", "--input",
+        str(tmp_path / "people.png"), "--output", str(output),
+    ]) == 0
+    assert "people.png: 20 people in" in capsys.readouterr().out
+    assert (cv2.imread(str(output)) != image).any()
+    with pytest.raises(SystemExit):
+        demo.main(["--onnx", str(path), "--input", "x.png", "--opts", "MODEL.DEVICE", "cpu"])
 
 
 # ------------------------------------------------------------------------------------------

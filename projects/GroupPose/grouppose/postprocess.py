@@ -59,10 +59,19 @@ def poses_to_instances(
     keep = scores > score_threshold
     scores, indices = scores[keep], indices[keep]
     pred_keypoints = keypoints_to_pixels(keypoints[indices].float(), output_size)
+    return pose_instances(pred_keypoints, scores, (height, width))
+
+
+def pose_instances(
+    pred_keypoints: Tensor, scores: Tensor, image_size: Tuple[int, int]
+) -> Instances:
+    """Instances of an image of ``image_size`` with the poses ``pred_keypoints`` (n, K, 3)
+    (pixels and keypoint score) and ``scores`` (n,): ``pred_classes`` zeros (person) and
+    ``pred_boxes`` the tight XYXY boxes around the keypoints (see poses_to_instances)."""
     xy = pred_keypoints[..., :2]
-    instances = Instances((height, width))
+    instances = Instances(image_size)
     instances.pred_keypoints = pred_keypoints
     instances.scores = scores
-    instances.pred_classes = torch.zeros_like(indices)
+    instances.pred_classes = torch.zeros(len(scores), dtype=torch.int64, device=scores.device)
     instances.pred_boxes = Boxes(torch.cat([xy.amin(dim=1), xy.amax(dim=1)], dim=-1))
     return instances

@@ -2,15 +2,18 @@
 
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Union
 
 import cv2
 import numpy as np
+import torch
 from detectron2.data import Metadata, MetadataCatalog
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 
+from grouppose.deploy import OnnxPosePredictor
 from grouppose.image_io import as_bgr_uint8
+from grouppose.postprocess import pose_instances
 from grouppose.predictor import GroupPosePredictor
 
 __all__ = ["DemoResult", "VisualizationDemo", "draw_poses"]
@@ -38,19 +41,32 @@ class DemoResult:
 
 
 class VisualizationDemo:
-    """Runs a ``GroupPosePredictor`` on images or video frames and draws the poses with the
-    metadata of ``cfg.DATASETS.TEST[0]`` (keypoint names and connection rules)."""
+    """Runs a ``GroupPosePredictor`` or an ``OnnxPosePredictor`` on images or video frames and
+    draws the poses with the metadata of the model's test set (``cfg.DATASETS.TEST[0]``, or the
+    one named in the ONNX file): keypoint names and connection rules."""
 
-    def __init__(self, predictor: GroupPosePredictor):
+    def __init__(self, predictor: Union[GroupPosePredictor, OnnxPosePredictor]):
         self.predictor = predictor
-        test_sets = predictor.cfg.DATASETS.TEST
-        self.metadata = MetadataCatalog.get(test_sets[0]) if len(test_sets) else Metadata()
+        if isinstance(predictor, OnnxPosePredictor):
+            dataset = predictor.metadata.dataset
+        else:
+            dataset = predictor.cfg.DATASETS.TEST[0] if len(predictor.cfg.DATASETS.TEST) else ""
+        self.metadata = MetadataCatalog.get(dataset) if dataset else Metadata()
+
+    def instances(self, image: np.ndarray) -> Instances:
+        """The predictor's poses in (H, W, 3) BGR ``image`` as Instances on the CPU."""
+        if isinstance(self.predictor, OnnxPosePredictor):
+            poses = self.predictor(image)
+            return pose_instances(
+                torch.from_numpy(poses.keypoints), torch.from_numpy(poses.scores), image.shape[:2]
+            )
+        return self.predictor.instances(image).to("cpu")
 
     def run_on_image(self, image: np.ndarray) -> DemoResult:
         """(H, W, C) image (BGR, or gray / BGRA / 16-bit, converted) -> poses and drawing."""
         image = as_bgr_uint8(image)
         start = time.perf_counter()
-        instances = self.predictor.instances(image).to("cpu")
+        instances = self.instances(image)
         latency = time.perf_counter() - start
         return DemoResult(instances, draw_poses(image, instances, self.metadata), latency)
 
