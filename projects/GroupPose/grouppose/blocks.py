@@ -1,6 +1,7 @@
 """Small building blocks shared by the encoder, the query selection and the decoder."""
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,20 @@ def inverse_sigmoid(x: Tensor, eps: float = INVERSE_SIGMOID_EPS) -> Tensor:
     """Logit of ``x`` clamped to [0, 1], with both x and 1 - x clamped to >= eps (any shape)."""
     x = x.clamp(min=0, max=1)
     return (x.clamp(min=eps) / (1 - x).clamp(min=eps)).log()
+
+
+def in_float32(head: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``head(x)``, computed in float32 also under autocast.
+
+    For the prediction heads: they turn features into keypoint offsets and scores, where
+    bfloat16's 8 mantissa bits would move keypoints by about a pixel and reorder near-equal
+    scores; they are small, so float32 costs next to nothing.
+    """
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return head(x)
+    with torch.autocast(device, enabled=False):
+        return head(x.float())
 
 
 class MLP(nn.Module):

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from grouppose.blocks import (
     MLP,
     FeedForward,
+    in_float32,
     init_transformer_layers,
     inverse_sigmoid,
     person_prior_logit,
@@ -259,9 +260,9 @@ class GroupPoseDecoder(nn.Module):
         (inverse-sigmoid space)."""
         head = self.keypoint_heads[layer_index]
         if self.variant.has_keypoint_queries:
-            return head(hidden[:, :, self.variant.keypoint_slice])
+            return in_float32(head, hidden[:, :, self.variant.keypoint_slice])
         B, N = hidden.shape[:2]
-        return head(hidden[:, :, 0]).view(B, N, self.num_keypoints, 2)
+        return in_float32(head, hidden[:, :, 0]).view(B, N, self.num_keypoints, 2)
 
     def score_features(self, hidden: Tensor) -> Tensor:
         """(B, N, G, C) -> (B, N, C): what the class head reads."""
@@ -308,5 +309,6 @@ class GroupPoseDecoder(nn.Module):
         its (B, N, K, 2) reference keypoints (with their gradient) to ``output``."""
         offsets = self.keypoint_offsets(layer_index, hidden)
         output.hidden.append(hidden)
-        output.logits.append(self.class_heads[layer_index](self.score_features(hidden)).squeeze(-1))
+        scores = in_float32(self.class_heads[layer_index], self.score_features(hidden))
+        output.logits.append(scores.squeeze(-1))
         output.keypoints.append((inverse_sigmoid(references) + offsets).sigmoid())

@@ -12,7 +12,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from grouppose.blocks import MLP, person_prior_logit
+from grouppose.blocks import MLP, in_float32, person_prior_logit
 from grouppose.layers import Linear
 from grouppose.variants import PAPER_VARIANT, DecoderVariant
 
@@ -116,8 +116,9 @@ class QuerySelection(nn.Module):
         """
         center_logit, valid = encoder_proposals(padding_mask, level_shapes)
         memory = memory.masked_fill(~valid[..., None], 0.0)
-        embedding = self.memory_norm(self.memory_proj(memory))
-        logits = self.class_head(embedding).squeeze(-1)  # (B, S)
+        # In float32 (see in_float32): which positions are kept depends on near-equal scores.
+        embedding = in_float32(lambda m: self.memory_norm(self.memory_proj(m)), memory)
+        logits = in_float32(self.class_head, embedding).squeeze(-1)  # (B, S)
         # Rejected positions cannot be selected while enough valid ones exist. (The official
         # code leaves them in the top-N; a trained model never picks them.)
         scores = logits.detach().masked_fill(~valid, float("-inf"))
@@ -126,7 +127,9 @@ class QuerySelection(nn.Module):
 
         selected = embedding.gather(1, indices[..., None].expand(-1, -1, embedding.shape[-1]))
         B, N = indices.shape
-        keypoint_logits = self.keypoint_head(selected).view(B, N, self.num_keypoints, 2)
+        keypoint_logits = in_float32(self.keypoint_head, selected).view(
+            B, N, self.num_keypoints, 2
+        )
         selected_center = center_logit.gather(1, indices[..., None].expand(-1, -1, 2))
         keypoints = (keypoint_logits + selected_center[:, :, None]).sigmoid()
         return SelectedPoses(

@@ -1,0 +1,129 @@
+"""Inference modes of a Group Pose model, and how closely their poses agree.
+
+A mode is how the same weights are run: the default float32 path (compiled deformable-attention
+op, fused CPU paths), bfloat16 / float16 autocast (``MODEL.GROUP_POSE.INFERENCE_PRECISION``),
+TF32 on CUDA, and the reference: the pure-PyTorch op without fused paths, in float32, which
+computes as the official implementation does. The benchmarks time the modes
+(tools/benchmarks/bench_inference.py) and check that each one predicts the reference's poses
+(tools/benchmarks/check_inference_modes.py) with ``inference_mode`` and ``pose_agreement``.
+"""
+
+import contextlib
+import importlib
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Tuple
+from unittest import mock
+
+import torch
+from detectron2.structures import Instances
+from torch import Tensor, nn
+
+from grouppose.config import INFERENCE_DTYPES
+from grouppose.layers import ms_deform_attn_reference, plain_inference
+from grouppose.oks import pairwise_keypoint_similarity
+
+__all__ = [
+    "DEFAULT_MODES",
+    "MODES",
+    "Mode",
+    "OUT_OF_THE_BOX_MODE",
+    "REFERENCE_MODE",
+    "check_mode",
+    "inference_mode",
+    "pose_agreement",
+]
+
+
+@dataclass(frozen=True)
+class Mode:
+    dtype: str  # the arithmetic: fp32 | tf32 | fp16 | bf16
+    devices: Tuple[str, ...]
+    op: str = "compiled"  # or "reference": ms_deform_attn_reference
+    plain: bool = False  # run inside grouppose.layers.plain_inference()
+
+
+MODES: Dict[str, Mode] = {
+    "fp32": Mode("fp32", ("cpu", "cuda")),
+    "bf16": Mode("bf16", ("cpu", "cuda")),
+    "fp16": Mode("fp16", ("cpu", "cuda")),
+    "tf32": Mode("tf32", ("cuda",)),
+    "reference": Mode("fp32", ("cpu", "cuda"), op="reference", plain=True),
+}
+DEFAULT_MODES: Dict[str, List[str]] = {
+    "cpu": ["fp32", "bf16", "reference"],
+    "cuda": ["fp32", "tf32", "fp16", "bf16"],
+}
+OUT_OF_THE_BOX_MODE = "fp32"  # what the predictor runs with the default config
+REFERENCE_MODE = "reference"
+# The module whose ms_deform_attn MSDeformAttn calls (grouppose.layers exports the function
+# under the module's name, so the module is looked up by name).
+_OP_MODULE = importlib.import_module("grouppose.layers.ms_deform_attn")
+
+
+def check_mode(name: str, device: torch.device) -> Mode:
+    """The mode called ``name``, if it runs on ``device``; else a ValueError that says why."""
+    if name not in MODES:
+        raise ValueError(f"unknown inference mode '{name}': one of {sorted(MODES)}")
+    mode = MODES[name]
+    if device.type not in mode.devices:
+        raise ValueError(f"inference mode '{name}' is a {'/'.join(mode.devices)} mode, not "
+                         f"for {device.type}")
+    return mode
+
+
+@contextlib.contextmanager
+def inference_mode(model: nn.Module, name: str) -> Iterator[None]:
+    """Inside the block, ``model`` (a GroupPose) runs the mode called ``name``."""
+    mode = check_mode(name, model.device)
+    with contextlib.ExitStack() as stack:
+        dtype = "fp32" if mode.dtype == "tf32" else mode.dtype
+        stack.enter_context(mock.patch.object(model, "inference_dtype", INFERENCE_DTYPES[dtype]))
+        if mode.op == "reference":
+            stack.enter_context(
+                mock.patch.object(_OP_MODULE, "ms_deform_attn", ms_deform_attn_reference)
+            )
+        if mode.plain:
+            stack.enter_context(plain_inference())
+        if mode.dtype == "tf32":
+            stack.enter_context(mock.patch.object(torch.backends.cuda.matmul, "allow_tf32", True))
+            stack.enter_context(mock.patch.object(torch.backends.cudnn, "allow_tf32", True))
+        yield
+
+
+def pose_agreement(
+    reference: Instances, other: Instances, sigmas: Tensor, top_k: int, min_score: float = 0.0
+) -> Tensor:
+    """How closely ``other`` reproduces the best poses of ``reference`` (one image).
+
+    The reference's top poses are its ``top_k`` highest-scoring ones that score at least
+    ``min_score``: below a useful score, poses are background hypotheses whose order any
+    rounding may change (the AP of each mode accounts for them). In score order, each takes the
+    not yet taken pose of ``other`` with the highest OKS; the OKS uses every keypoint and, as
+    the object area, the area of the box around the reference pose's keypoints.
+
+    Args:
+        reference, other: Detectron2 predictions with ``pred_keypoints`` (n, K, 3) in pixels
+            and ``scores`` (n,).
+        sigmas: (K,) OKS sigmas.
+
+    Returns:
+        (t,) OKS of each top reference pose with its counterpart (0 when ``other`` has no pose
+        left), t <= top_k.
+    """
+    scores, order = reference.scores.sort(descending=True)
+    order = order[:top_k][scores[:top_k] >= min_score]
+    poses = reference.pred_keypoints[order, :, :2].float()
+    extent = poses.amax(dim=1) - poses.amin(dim=1)  # (t, 2) width, height of the pose's box
+    visible = torch.ones(poses.shape[:2], device=poses.device)
+    oks = pairwise_keypoint_similarity(
+        other.pred_keypoints[:, :, :2].float(), poses, visible, extent.prod(dim=1),
+        sigmas.to(poses.device),
+    )  # (n_other, t)
+    agreement = torch.zeros(len(order), device=poses.device)
+    taken = torch.zeros(len(other), dtype=torch.bool, device=poses.device)
+    for index in range(len(order)):
+        candidates = oks[:, index].masked_fill(taken, -1.0)
+        if len(candidates) and candidates.max() >= 0:
+            best = candidates.argmax()
+            agreement[index], taken[best] = candidates[best], True
+    return agreement
