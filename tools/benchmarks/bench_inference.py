@@ -21,23 +21,25 @@ CUDA):
     tf32       CUDA, TF32 matmuls and convolutions
     reference  the pure-PyTorch deformable attention and no fused paths, float32: how the
                official implementation computes
+    onnxruntime  CPU, the model exported for this size by grouppose.deploy.export_onnx and run
+               by ONNX Runtime (OnnxPosePredictor.run_network, same threads); no stage split
+The CPU default adds onnxruntime when ONNX Runtime is installed (``pip install -e .[deploy]``).
 Memory is measured for one more forward per mode, apart from the timed ones: on the CPU the
 growth of the resident set size (Linux), on CUDA the peak of PyTorch's allocator.
 """
 
 import argparse
-import contextlib
 import ctypes
 import functools
-import importlib
+import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 from unittest import mock
 
 import grouppose  # noqa: F401  (first: it quiets a warning of Detectron2's imports)
@@ -50,30 +52,18 @@ from fvcore.nn.jit_handles import get_shape
 
 import grouppose.meta_arch as meta_arch
 from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
-from grouppose.config import INFERENCE_DTYPES
+from grouppose.deploy import OnnxPosePredictor, export_onnx
 from grouppose.export import GroupPoseExportModule
-from grouppose.layers import ms_deform_attn_reference, plain_inference
+from grouppose.inference_modes import (
+    DEFAULT_MODES,
+    MODES,
+    OUT_OF_THE_BOX_MODE,
+    REFERENCE_MODE,
+    check_mode,
+    inference_mode,
+)
 from grouppose.predictor import build_inference_config
 
-
-@dataclass(frozen=True)
-class Mode:
-    dtype: str  # the arithmetic: fp32 | tf32 | fp16 | bf16
-    devices: Tuple[str, ...]
-    op: str = "compiled"  # or "reference": ms_deform_attn_reference
-    plain: bool = False  # run inside plain_inference()
-
-
-MODES = {
-    "fp32": Mode("fp32", ("cpu", "cuda")),
-    "bf16": Mode("bf16", ("cpu", "cuda")),
-    "fp16": Mode("fp16", ("cpu", "cuda")),
-    "tf32": Mode("tf32", ("cuda",)),
-    "reference": Mode("fp32", ("cpu", "cuda"), op="reference", plain=True),
-}
-DEFAULT_MODES = {"cpu": ["fp32", "bf16", "reference"], "cuda": ["fp32", "tf32", "fp16", "bf16"]}
-OUT_OF_THE_BOX_MODE = "fp32"  # what the predictor runs without options
-REFERENCE_MODE = "reference"
 # Model parts per stage, in order; the rest of the forward (normalisation and padding, masks,
 # position encodings, flattening) is reported as "other".
 STAGE_MODULES = {
@@ -86,9 +76,6 @@ POSTPROCESS_STAGE = "post-processing"
 OTHER_STAGE = "other"
 STAGES = [*STAGE_MODULES, POSTPROCESS_STAGE, OTHER_STAGE]
 _OP_NAME = "grouppose::ms_deform_attn"
-# The module whose ms_deform_attn MSDeformAttn calls (grouppose.layers exports the function
-# under the module's name, so the module is looked up by name).
-_OP_MODULE = importlib.import_module("grouppose.layers.ms_deform_attn")
 _MIB = 2**20
 # Deformable attention, per sampling point and channel: bilinear interpolation (4 multiply-adds)
 # and the attention weighting (1 multiply-add).
@@ -97,6 +84,19 @@ _DEFORM_ATTN_MACS_PER_SAMPLE_CHANNEL = 5
 # the BLAS's full speed, small enough to take milliseconds.
 GEMM_SIZE = 2048
 GEMM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# The deployed model: an ONNX export run by ONNX Runtime, a column next to the PyTorch modes.
+ONNX_MODE = "onnxruntime"
+
+
+def onnxruntime_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def default_modes(device: torch.device) -> List[str]:
+    modes = list(DEFAULT_MODES[device.type])
+    if device.type == "cpu" and onnxruntime_installed():
+        modes.append(ONNX_MODE)
+    return modes
 
 
 def parse_size(text: str) -> List[int]:
@@ -119,10 +119,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", nargs="+", type=parse_size,
                         default=[[480, 800], [800, 1333]], help="input sizes HxW")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--modes", nargs="+", choices=list(MODES),
+    parser.add_argument("--modes", nargs="+", choices=[*MODES, ONNX_MODE],
                         help="default: " + "; ".join(
                             f"{device}: {' '.join(modes)}" for device, modes in
-                            DEFAULT_MODES.items()))
+                            DEFAULT_MODES.items()) + f" (and {ONNX_MODE} if installed)")
     parser.add_argument("--threads", type=int,
                         help="CPU threads (torch.set_num_threads); default: PyTorch's choice")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each mode first")
@@ -286,30 +286,21 @@ def count_gflops(model, image: torch.Tensor) -> Dict:
 # Worker: every mode of one size in one process.
 
 
-@contextlib.contextmanager
-def mode_context(model: torch.nn.Module, mode: Mode) -> Iterator[None]:
-    """The model runs ``mode`` inside the block."""
-    with contextlib.ExitStack() as stack:
-        dtype = "fp32" if mode.dtype == "tf32" else mode.dtype
-        stack.enter_context(mock.patch.object(model, "inference_dtype", INFERENCE_DTYPES[dtype]))
-        if mode.op == "reference":
-            stack.enter_context(mock.patch.object(_OP_MODULE, "ms_deform_attn",
-                                                  ms_deform_attn_reference))
-        if mode.plain:
-            stack.enter_context(plain_inference())
-        if mode.dtype == "tf32":
-            stack.enter_context(mock.patch.object(torch.backends.cuda.matmul, "allow_tf32", True))
-            stack.enter_context(mock.patch.object(torch.backends.cudnn, "allow_tf32", True))
-        yield
-
-
 def check_modes(modes: Sequence[str], device: torch.device) -> None:
     for name in modes:
-        if device.type not in MODES[name].devices:
-            raise SystemExit(f"--modes {name}: a {'/'.join(MODES[name].devices)} mode, "
-                             f"not for {device.type}")
+        if name == ONNX_MODE:
+            if device.type != "cpu":
+                raise SystemExit(f"--modes: {ONNX_MODE} is measured on the cpu only")
+            if not onnxruntime_installed():
+                raise SystemExit(f"--modes: {ONNX_MODE} needs ONNX Runtime: "
+                                 "pip install -e .[deploy]")
+            continue
+        try:
+            check_mode(name, device)
+        except ValueError as error:
+            raise SystemExit(f"--modes: {error}") from None
     dispatch_key = "CUDA" if device.type == "cuda" else "CPU"
-    if "compiled" in {MODES[name].op for name in modes} and (
+    if "compiled" in {MODES[name].op for name in modes if name in MODES} and (
         not torch._C._dispatch_has_kernel_for_dispatch_key(_OP_NAME, dispatch_key)
     ):
         raise SystemExit(f"the compiled op has no {device.type} kernel: build grouppose._C")
@@ -331,13 +322,23 @@ def run_worker(spec: Dict) -> List[Dict]:
     timer = StageTimer(model, device)
     meter = MemoryMeter(device)
     modes = spec["modes"]
+    torch_modes = [name for name in modes if name != ONNX_MODE]
     latencies: Dict[str, List[float]] = {name: [] for name in modes}
     splits: Dict[str, List[Dict[str, float]]] = {name: [] for name in modes}
     people: Dict[str, int] = {}
     gemm: Dict[str, List[float]] = {name: [] for name in GEMM_DTYPES}
 
+    onnx_forward = build_onnx_forward(model, image, spec["threads"]) if ONNX_MODE in modes \
+        else None
+
     def forward(name: str) -> float:
-        with mode_context(model, MODES[name]):
+        if name == ONNX_MODE:
+            start = time.perf_counter()
+            scores = onnx_forward()
+            latency = time.perf_counter() - start
+            people[name] = scores.shape[1]
+            return latency
+        with inference_mode(model, name):
             start = device_time(device)
             outputs = model([{"image": image}])
             latency = device_time(device) - start
@@ -361,11 +362,11 @@ def run_worker(spec: Dict) -> List[Dict]:
             for name in modes[shift:] + modes[:shift]:
                 latency = forward(name)
                 latencies[name].append(latency)
-                if timer.enabled:
+                if timer.enabled and name != ONNX_MODE:
                     splits[name].append(timer.take(latency))
         if not timer.enabled:
             timer.enabled = True
-            for name in modes:
+            for name in torch_modes:
                 for _ in range(spec["runs"]):
                     splits[name].append(timer.take(forward(name)))
         # Apart from the timed forwards: giving memory back to the system costs page faults.
@@ -375,25 +376,24 @@ def run_worker(spec: Dict) -> List[Dict]:
     gemm_median = {dtype: statistics.median(values) for dtype, values in gemm.items()}
     results = []
     for name in modes:
-        mode = MODES[name]
         result = {
             "size": spec["size"], "mode": name, "default": name == OUT_OF_THE_BOX_MODE,
-            "op": mode.op, "dtype": mode.dtype, "plain": mode.plain, "device": str(device),
+            **mode_description(name), "device": str(device),
             "threads": torch.get_num_threads(),
             "latency_ms": statistics.median(latencies[name]) * 1000,
             "latencies_ms": [t * 1000 for t in latencies[name]],
             "stages_ms": {
                 stage: statistics.median(split.get(stage, 0.0) for split in splits[name]) * 1000
                 for stage in STAGES
-            },
+            } if splits[name] else None,
             "inference_memory_mib": memory[name],
             "people": people[name],
             "gemm_gflops": gemm_median,
         }
         if device.type == "cuda":
-            result["tf32"] = {"matmul": mode.dtype == "tf32" or
-                              torch.backends.cuda.matmul.allow_tf32,
-                              "cudnn": mode.dtype == "tf32" or torch.backends.cudnn.allow_tf32}
+            tf32 = result["dtype"] == "tf32"
+            result["tf32"] = {"matmul": tf32 or torch.backends.cuda.matmul.allow_tf32,
+                              "cudnn": tf32 or torch.backends.cudnn.allow_tf32}
         if gflops is not None:
             # fvcore's flops are multiply-adds: the roofline does 2 flops per multiply-add.
             roofline_ms = 2 * gflops["total"] / gemm_median["fp32"] * 1000
@@ -401,6 +401,25 @@ def run_worker(spec: Dict) -> List[Dict]:
                           roofline_ratio=result["latency_ms"] / roofline_ms)
         results.append(result)
     return results
+
+
+def mode_description(name: str) -> Dict:
+    """What a mode runs: the deformable-attention op, the dtype, whether the paths are plain."""
+    if name == ONNX_MODE:
+        return {"op": "onnx", "dtype": "fp32", "plain": False}
+    mode = MODES[name]
+    return {"op": mode.op, "dtype": mode.dtype, "plain": mode.plain}
+
+
+def build_onnx_forward(model, image: torch.Tensor, threads: Optional[int]) -> Callable:
+    """Export ``model`` for ``image``'s size and return a function that runs the export once
+    on ``image`` in ONNX Runtime and returns its scores."""
+    height, width = image.shape[1:]
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, os.path.join(folder, "model.onnx"), height=height, width=width)
+        predictor = OnnxPosePredictor(path, num_threads=threads)
+    images = image[None].cpu().numpy()
+    return lambda: predictor.run_network(images)[0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -425,8 +444,7 @@ def run_size(args, size: List[int], modes: List[str]) -> List[Dict]:
         error = completed.stderr.strip().splitlines()[-1:] or ["(no output)"]
         print(f"  {label} failed: {error[0]}", file=sys.stderr)
         return [{"size": size, "mode": name, "default": name == OUT_OF_THE_BOX_MODE,
-                 "op": MODES[name].op, "dtype": MODES[name].dtype, "error": error[0]}
-                for name in modes]
+                 **mode_description(name), "error": error[0]} for name in modes]
     results = json.loads(completed.stdout.strip().splitlines()[-1])
     for r in results:
         print(f"  {r['mode']}: {r['latency_ms']:.1f} ms", file=sys.stderr, flush=True)
@@ -460,8 +478,9 @@ def print_results(results: List[Dict]) -> None:
     print("| size | mode | " + " | ".join(STAGES) + " |")
     print("| --- " * (2 + len(STAGES)) + "|")
     for r in ok:
-        print(f"| {size_label(r)} | {r['mode']} | "
-              + " | ".join(f"{r['stages_ms'][s]:.1f}" for s in STAGES) + " |")
+        stages = r["stages_ms"] or dict.fromkeys(STAGES)
+        print(f"| {size_label(r)} | {r['mode']} | " + " | ".join(
+            "-" if stages[s] is None else f"{stages[s]:.1f}" for s in STAGES) + " |")
 
     first_per_size = {size_label(r): r for r in reversed(ok)}
     for label, r in first_per_size.items():
@@ -487,7 +506,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
-    modes = args.modes or DEFAULT_MODES[torch.device(args.device).type]
+    modes = args.modes or default_modes(torch.device(args.device))
     check_modes(modes, torch.device(args.device))
     results = []
     for size in args.sizes:
