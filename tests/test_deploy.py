@@ -212,6 +212,12 @@ def test_onnx_predictor_returns_what_grouppose_predictor_returns(reference_dir, 
     assert len(OnnxPosePredictor(path, score_threshold=1.0)(image)) == 0
 
 
+def test_onnx_runtime_threads_do_not_busy_wait_between_calls(reference_export):
+    options = OnnxPosePredictor(reference_export[1], num_threads=2).session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 TORCH_FREE_RUN = """
 import importlib.abc, json, sys
 

@@ -89,6 +89,9 @@ class OnnxPosePredictor:
         # One operator at a time, each on the intra-op threads: the graph is a chain.
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # ONNX Runtime's threads otherwise busy-wait after each call, holding the cores the
+        # rest of the application (decoding the next frame, drawing) needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(self.path, options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
