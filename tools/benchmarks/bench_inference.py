@@ -25,7 +25,8 @@ CUDA):
                by ONNX Runtime (OnnxPosePredictor.run_network, same threads); no stage split
 The CPU default adds onnxruntime when ONNX Runtime is installed (``pip install -e .[deploy]``).
 Memory is measured for one more forward per mode, apart from the timed ones: on the CPU the
-growth of the resident set size (Linux), on CUDA the peak of PyTorch's allocator.
+growth of the resident set size (Linux), on CUDA the peak of PyTorch's allocator; not for
+onnxruntime, whose arena keeps its memory between calls.
 """
 
 import argparse
@@ -370,7 +371,9 @@ def run_worker(spec: Dict) -> List[Dict]:
                 for _ in range(spec["runs"]):
                     splits[name].append(timer.take(forward(name)))
         # Apart from the timed forwards: giving memory back to the system costs page faults.
-        memory = {name: meter.forward_mib(functools.partial(forward, name)) for name in modes}
+        # ONNX Runtime keeps its arena between calls: a call's growth would read as zero.
+        memory = {name: meter.forward_mib(functools.partial(forward, name))
+                  for name in torch_modes}
         gflops = count_gflops(model, image) if spec["flops"] else None
 
     gemm_median = {dtype: statistics.median(values) for dtype, values in gemm.items()}
@@ -386,7 +389,7 @@ def run_worker(spec: Dict) -> List[Dict]:
                 stage: statistics.median(split.get(stage, 0.0) for split in splits[name]) * 1000
                 for stage in STAGES
             } if splits[name] else None,
-            "inference_memory_mib": memory[name],
+            "inference_memory_mib": memory.get(name),
             "people": people[name],
             "gemm_gflops": gemm_median,
         }
@@ -468,11 +471,12 @@ def print_results(results: List[Dict]) -> None:
         reference = [c for c in ok if c["mode"] == REFERENCE_MODE and c["size"] == r["size"]]
         speedup = f"{reference[0]['latency_ms'] / r['latency_ms']:.2f}x" if reference else "-"
         ratio = f"{r['roofline_ratio']:.2f}" if "roofline_ratio" in r else "-"
+        memory = r["inference_memory_mib"]
         print(f"| {size_label(r)} | {r['mode']}{' (default)' if r['default'] else ''} "
               f"| {r['dtype']} | {r['latency_ms']:.1f} "
               f"| {min(r['latencies_ms']):.1f}-{max(r['latencies_ms']):.1f} "
               f"| {1000 / r['latency_ms']:.2f} | {ratio} | {speedup} "
-              f"| {r['inference_memory_mib']:.0f} |")
+              f"| {'-' if memory is None else f'{memory:.0f}'} |")
 
     print("\ntime per stage, ms (median over the timed runs):")
     print("| size | mode | " + " | ".join(STAGES) + " |")
