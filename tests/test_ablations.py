@@ -14,9 +14,9 @@ from test_meta_arch import build, tiny_cfg, training_batch
 
 from grouppose import add_grouppose_config
 from grouppose.config import get_grouppose_cfg
-from grouppose.decoder import GroupPoseDecoder, GroupPoseDecoderLayer, group_attention_mask
-from grouppose.encoder import flatten_levels
-from grouppose.variants import PAPER_VARIANT, DecoderVariant
+from grouppose.modeling.decoder import GroupPoseDecoder, GroupPoseDecoderLayer, group_attention_mask
+from grouppose.modeling.encoder import flatten_levels
+from grouppose.modeling.variants import PAPER_VARIANT, DecoderVariant
 
 ABLATIONS = Path(__file__).resolve().parents[1] / "configs" / "Ablations"
 DIM, HEADS, N, K = 16, 2, 4, 3

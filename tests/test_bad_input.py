@@ -37,7 +37,7 @@ from grouppose.data.synthetic import generate_synthetic_crowdpose
 from grouppose.engine.trainer import training_dataset_dicts
 from grouppose.evaluation import build_keypoint_evaluator
 from grouppose.image_io import read_image
-from grouppose.oks import CROWDPOSE_OKS_SIGMAS
+from grouppose.modeling.oks import CROWDPOSE_OKS_SIGMAS
 
 LOGGER = "grouppose.data.keypoint_json"
 IMAGE = {"id": 1, "file_name": "1.png", "height": 40, "width": 50}

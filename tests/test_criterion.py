@@ -1,4 +1,5 @@
-"""Group Pose losses (grouppose/criterion.py) against the official implementation's numbers."""
+"""Group Pose losses (grouppose/modeling/criterion.py) against the official implementation's
+numbers."""
 
 import math
 
@@ -7,14 +8,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from grouppose.criterion import (
+from grouppose.modeling.criterion import (
     NonFinitePredictionError,
     SetCriterion,
     build_targets,
     num_people_across_workers,
 )
-from grouppose.matcher import HungarianMatcher, NonFiniteCostError, optimal_assignment
-from grouppose.oks import default_oks_sigmas
+from grouppose.modeling.matcher import HungarianMatcher, NonFiniteCostError, optimal_assignment
+from grouppose.modeling.oks import default_oks_sigmas
 
 REL_TOL = 1e-4
 

@@ -30,7 +30,7 @@ from grouppose.data.datasets import (
     CROWDPOSE_SKELETON,
 )
 from grouppose.data.synthetic import generate_synthetic_crowdpose, generate_synthetic_dataset
-from grouppose.oks import CROWDPOSE_OKS_SIGMAS
+from grouppose.modeling.oks import CROWDPOSE_OKS_SIGMAS
 
 CROWDPOSE_NAMES = (
     "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",

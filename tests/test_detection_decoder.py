@@ -9,13 +9,13 @@ from test_model_parity import reference_cfg
 from torchvision.ops import box_convert
 
 from grouppose.checkpoint import convert_official_checkpoint
-from grouppose.detection_criterion import DetectionCriterion, person_boxes
-from grouppose.detection_decoder import (
+from grouppose.modeling.detection_criterion import DetectionCriterion, person_boxes
+from grouppose.modeling.detection_decoder import (
     HumanDetectionDecoder,
     build_detection_branch,
     proposal_boxes,
 )
-from grouppose.query_selection import encoder_proposals
+from grouppose.modeling.query_selection import encoder_proposals
 
 DETECTION_LAYERS = 2
 

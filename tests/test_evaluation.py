@@ -47,7 +47,7 @@ from grouppose.data.synthetic import (
     register_synthetic_dataset,
 )
 from grouppose.evaluation import CROWDPOSE_METRICS, CrowdPoseEvaluator, build_keypoint_evaluator
-from grouppose.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
+from grouppose.modeling.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APm", "APl")
 PERSON = {"id": 1, "name": "person", "keypoints": list(COCO_NAMES), "skeleton": []}

@@ -10,11 +10,14 @@ from detectron2.modeling import build_model
 from tiny_grouppose import tiny_config
 from torch import nn
 
-from grouppose.backbone.frozen_batch_norm import FrozenBNConv2d, use_affine_frozen_batch_norm
-from grouppose.blocks import FeedForward
 from grouppose.layers import Linear, plain_inference
 from grouppose.layers.linear import linear, runs_onednn
-from grouppose.meta_arch import _backbone_layout
+from grouppose.modeling.backbone.frozen_batch_norm import (
+    FrozenBNConv2d,
+    use_affine_frozen_batch_norm,
+)
+from grouppose.modeling.blocks import FeedForward
+from grouppose.modeling.meta_arch import _backbone_layout
 
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(),

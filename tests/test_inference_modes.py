@@ -23,7 +23,7 @@ from grouppose.inference_modes import (
     pose_agreement,
 )
 from grouppose.layers import fast_paths_enabled, ms_deform_attn_reference
-from grouppose.oks import default_oks_sigmas
+from grouppose.modeling.oks import default_oks_sigmas
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location(

@@ -1,12 +1,12 @@
-"""Hungarian matching of predicted poses to people (grouppose/matcher.py)."""
+"""Hungarian matching of predicted poses to people (grouppose/modeling/matcher.py)."""
 
 import math
 
 import pytest
 import torch
 
-from grouppose.matcher import HungarianMatcher, focal_class_cost
-from grouppose.oks import keypoint_similarity
+from grouppose.modeling.matcher import HungarianMatcher, focal_class_cost
+from grouppose.modeling.oks import keypoint_similarity
 
 K = 4
 SIGMAS = torch.tensor([0.05, 0.06, 0.07, 0.08])

@@ -19,12 +19,12 @@ from tiny_grouppose import BASE_CONFIG, tiny_config
 
 import grouppose
 from grouppose.config import get_grouppose_cfg
-from grouppose.decoder import GroupPoseDecoder
-from grouppose.detection_decoder import HumanDetectionDecoder
-from grouppose.encoder import DeformableEncoder
-from grouppose.meta_arch import GroupPose, padding_mask
-from grouppose.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
-from grouppose.postprocess import KEYPOINT_SCORE, PIXEL_CENTER_OFFSET
+from grouppose.modeling.decoder import GroupPoseDecoder
+from grouppose.modeling.detection_decoder import HumanDetectionDecoder
+from grouppose.modeling.encoder import DeformableEncoder
+from grouppose.modeling.meta_arch import GroupPose, padding_mask
+from grouppose.modeling.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
+from grouppose.modeling.postprocess import KEYPOINT_SCORE, PIXEL_CENTER_OFFSET
 
 NUM_INSTANCES = 6
 DEC_LAYERS = 2
@@ -125,7 +125,7 @@ LAYER_ARGS = {"num_layers": 2, "dim": 32, "num_heads": 4, "ffn_dim": 64, "dropou
               "num_levels": 2, "num_points": 2}
 # The first 16 hex digits of the sha256 of each part's state dict (names and float32 bytes, in
 # order), built with LAYER_ARGS after torch.manual_seed(0): the initialisation each part had
-# before they shared grouppose.blocks.init_transformer_layers. Change a digest only for an
+# before they shared grouppose.modeling.blocks.init_transformer_layers. Change a digest only for an
 # intended change of initialisation: training from scratch starts from these values.
 INIT_DIGESTS = {
     "encoder": ("3194c3800ed2058c", lambda: DeformableEncoder(**LAYER_ARGS)),

@@ -16,9 +16,9 @@ from tiny_grouppose import BASE_CONFIG
 
 from grouppose.checkpoint import convert_official_checkpoint
 from grouppose.config import get_grouppose_cfg
-from grouppose.meta_arch import NetworkOutput
-from grouppose.postprocess import KEYPOINT_SCORE, PIXEL_CENTER_OFFSET
-from grouppose.query_selection import QuerySelection, encoder_proposals
+from grouppose.modeling.meta_arch import NetworkOutput
+from grouppose.modeling.postprocess import KEYPOINT_SCORE, PIXEL_CENTER_OFFSET
+from grouppose.modeling.query_selection import QuerySelection, encoder_proposals
 
 # Suggested tolerances of the reference README.
 OUTPUT_ATOL = 1e-4

@@ -1,11 +1,12 @@
-"""OKS similarity as the official Group Pose matcher and loss compute it (grouppose/oks.py)."""
+"""OKS similarity as the official Group Pose matcher and loss compute it
+(grouppose/modeling/oks.py)."""
 
 import math
 
 import pytest
 import torch
 
-from grouppose.oks import (
+from grouppose.modeling.oks import (
     COCO_OKS_SIGMAS,
     CROWDPOSE_OKS_SIGMAS,
     as_sigmas,

@@ -1,11 +1,12 @@
 """Swin backbone: the Swin-for-detection numerics on any input size, the registry, configs and
 checkpoint conversion (official Group Pose layout and ImageNet weights).
 
-The reference here (``reference_swin``) is written independently of grouppose.backbone.swin from
-the Swin-for-detection definition, in the reference parameter names, with explicit loops: every
-window is gathered token by token from the cyclically shifted padded map, the relative position
-bias is looked up pair by pair and the shifted-window mask comes from each token's region. It
-runs on an official-layout state dict built here with random values.
+The reference here (``reference_swin``) is written independently of
+grouppose.modeling.backbone.swin from the Swin-for-detection definition, in the reference
+parameter names, with explicit loops: every window is gathered token by token from the
+cyclically shifted padded map, the relative position bias is looked up pair by pair and the
+shifted-window mask comes from each token's region. It runs on an official-layout state dict
+built here with random values.
 """
 
 import importlib.util
@@ -22,10 +23,10 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from test_model_parity import reference_cfg
 
-from grouppose.backbone.swin import SwinTransformer
 from grouppose.checkpoint import convert_imagenet_swin, convert_official_checkpoint
 from grouppose.checkpoint.official import load_official_state_dict
 from grouppose.config import get_grouppose_cfg
+from grouppose.modeling.backbone.swin import SwinTransformer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "convert_imagenet_swin.py"

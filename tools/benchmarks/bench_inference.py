@@ -51,7 +51,7 @@ from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
-import grouppose.meta_arch as meta_arch
+import grouppose.modeling.meta_arch as meta_arch
 from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
 from grouppose.deploy import OnnxPosePredictor, export_onnx
 from grouppose.export import GroupPoseExportModule

@@ -32,7 +32,7 @@ from grouppose.checkpoint import add_trust_pickle_argument
 from grouppose.engine import Trainer
 from grouppose.evaluation import build_keypoint_evaluator, keypoint_oks_sigmas
 from grouppose.inference_modes import REFERENCE_MODE, check_mode, inference_mode, pose_agreement
-from grouppose.oks import as_sigmas
+from grouppose.modeling.oks import as_sigmas
 from grouppose.predictor import build_inference_config, load_trained_weights
 
 # The agreement the issue tracker holds every fast mode to.

@@ -33,7 +33,7 @@ else:
     _MISSING_REQUIREMENT = None
     from . import data  # noqa: E402, F401  (importing it registers the datasets)
     from .config import add_grouppose_config  # noqa: E402
-    from .meta_arch import GroupPose  # noqa: E402
+    from .modeling import GroupPose  # noqa: E402
     from .predictor import GroupPosePredictor, predict  # noqa: E402
 
 

@@ -10,9 +10,9 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from torch import Tensor
 
-from grouppose.backbone.input_projection import GROUP_NORM_GROUPS
-from grouppose.oks import as_sigmas, default_oks_sigmas
-from grouppose.variants import DecoderVariant, config_key
+from grouppose.modeling.backbone.input_projection import GROUP_NORM_GROUPS
+from grouppose.modeling.oks import as_sigmas, default_oks_sigmas
+from grouppose.modeling.variants import DecoderVariant, config_key
 
 # MODEL.GROUP_POSE.INFERENCE_PRECISION -> the autocast dtype of inference (None: float32).
 INFERENCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,7 +61,7 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     # for CPUs with AVX512-BF16 / AMX and for GPUs; sampling positions stay float32).
     gp.INFERENCE_PRECISION = "fp32"
     # Ablation switches (paper Table 4, Appendix A); the defaults are the paper's model. Their
-    # meanings and valid combinations: grouppose.variants.DecoderVariant.
+    # meanings and valid combinations: grouppose.modeling.variants.DecoderVariant.
     gp.SELF_ATTN = "group"  # group | standard | standard_masked (Table 4d, Fig. 3)
     gp.GROUP_ATTN = "both"  # both | within_only | across_only | none (Table 4e)
     gp.ACROSS_INSTANCE = "both"  # both | keypoint_only | instance_only (Appendix A.2)
@@ -160,7 +160,7 @@ _NON_NEGATIVE = _Rule("a finite number >= 0", lambda v: _is_number(v) and v >= 0
 _UNIT_INTERVAL = _Rule("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1)
 
 # MODEL.GROUP_POSE.<KEY> -> its rule. The ablation switches (SELF_ATTN ... SCORE_FROM) are
-# checked by grouppose.variants.DecoderVariant, which also knows their valid combinations.
+# checked by grouppose.modeling.variants.DecoderVariant, which also knows their valid combinations.
 _RULES: Dict[str, _Rule] = {
     "NUM_INSTANCES": _integer(1),
     "NUM_KEYPOINTS": _integer(1),

@@ -18,8 +18,8 @@ import torch
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
-from grouppose.meta_arch import GroupPose
-from grouppose.postprocess import keypoints_to_pixels
+from grouppose.modeling import GroupPose
+from grouppose.modeling.postprocess import keypoints_to_pixels
 
 __all__ = ["GroupPoseExportModule", "export_grouppose"]
 

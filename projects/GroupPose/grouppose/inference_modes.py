@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from grouppose.config import INFERENCE_DTYPES
 from grouppose.layers import ms_deform_attn_reference, plain_inference
-from grouppose.oks import pairwise_keypoint_similarity
+from grouppose.modeling.oks import pairwise_keypoint_similarity
 
 __all__ = [
     "DEFAULT_MODES",

@@ -13,7 +13,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from grouppose.deploy import OnnxPosePredictor
 from grouppose.image_io import as_bgr_uint8
-from grouppose.postprocess import pose_instances
+from grouppose.modeling.postprocess import pose_instances
 from grouppose.predictor import GroupPosePredictor
 
 __all__ = ["DemoResult", "VisualizationDemo", "draw_poses"]

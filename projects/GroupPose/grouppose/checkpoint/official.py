@@ -9,7 +9,7 @@ The official model differs from ours only in names, plus two details handled her
 Backbone names depend on the backbone. Each supported backbone is a ``BackboneMapping``
 (detected from the checkpoint's keys) in ``BACKBONE_MAPPINGS``; add new backbones there.
 Supported: torchvision ResNets (``backbone.0.body.*``) and Swin Transformers
-(``backbone.0.*``, the reference Swin names, which ours are; see grouppose.backbone.swin).
+(``backbone.0.*``, the reference Swin names, which ours are; see grouppose.modeling.backbone.swin).
 """
 
 import argparse
@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
-from grouppose.variants import DecoderVariant
+from grouppose.modeling.variants import DecoderVariant
 
 from .keys import count_layers
 from .safe_load import read_weights_file

@@ -1,8 +1,8 @@
 """Swin Transformer checkpoints in the reference Swin names -> our Swin backbone.
 
-Our Swin (grouppose.backbone.swin) uses the reference names, so a reference key ``k`` becomes
-``backbone.k``; ``relative_position_index`` buffers are dropped after checking that they are the
-index we derive from the window size. Two sources use these names:
+Our Swin (grouppose.modeling.backbone.swin) uses the reference names, so a reference key ``k``
+becomes ``backbone.k``; ``relative_position_index`` buffers are dropped after checking that they
+are the index we derive from the window size. Two sources use these names:
 - the official Group Pose Swin checkpoints (under ``backbone.0.``; see grouppose.checkpoint.
   official);
 - the ImageNet Swin classification checkpoints (``{"model": state_dict}`` as the Swin
@@ -19,7 +19,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
-from grouppose.backbone.swin import relative_position_index, stage_names, swin_variant_name
+from grouppose.modeling.backbone.swin import relative_position_index, stage_names, swin_variant_name
 
 from .keys import count_layers
 

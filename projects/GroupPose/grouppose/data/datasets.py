@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from grouppose.data.keypoint_json import load_keypoint_json
-from grouppose.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS, as_sigmas
+from grouppose.modeling.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS, as_sigmas
 
 __all__ = [
     "CROWDPOSE_FLIP_MAP",

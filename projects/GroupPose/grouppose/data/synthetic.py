@@ -41,7 +41,7 @@ from grouppose.data.datasets import (
 )
 from grouppose.data.keypoint_json import load_keypoint_json
 from grouppose.data.synthetic_figures import POINT_NAMES, RenderedScene, render_scene
-from grouppose.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
+from grouppose.modeling.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
 
 __all__ = [
     "DEFAULT_SPLITS",

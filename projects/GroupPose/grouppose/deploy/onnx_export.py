@@ -27,7 +27,7 @@ from detectron2.data import MetadataCatalog
 from grouppose.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, DeployMetadata
 from grouppose.export import GroupPoseExportModule
 from grouppose.layers import plain_inference
-from grouppose.meta_arch import GroupPose
+from grouppose.modeling import GroupPose
 
 __all__ = ["MIN_DYNAMIC_SIZE", "OPSETS", "export_onnx", "ms_deform_attn_onnx"]
 

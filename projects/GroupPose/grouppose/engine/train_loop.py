@@ -4,7 +4,7 @@ Detectron2 checks only the *sum* of the losses, on the main process, and its mes
 term. Here every worker checks every term after the backward pass and before the optimizer step
 (so the weights stay finite), the workers agree, and all stop with the names of the offending
 terms and the iteration. Predictions that diverge so far that the Hungarian matching cannot run
-stop earlier, in the criterion (``grouppose.criterion.NonFinitePredictionError``).
+stop earlier, in the criterion (``grouppose.modeling.criterion.NonFinitePredictionError``).
 """
 
 import math
@@ -14,7 +14,7 @@ import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
 
-from grouppose.criterion import DIVERGENCE_ADVICE
+from grouppose.modeling.criterion import DIVERGENCE_ADVICE
 
 __all__ = ["NonFiniteLossError", "check_losses_finite", "training_step_class"]
 

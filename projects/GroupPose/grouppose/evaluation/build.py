@@ -8,7 +8,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
 from grouppose.evaluation.coco import KeypointCOCOEvaluator, keypoint_ground_truth
 from grouppose.evaluation.crowdpose import CrowdPoseEvaluator
-from grouppose.oks import default_oks_sigmas
+from grouppose.modeling.oks import default_oks_sigmas
 
 __all__ = ["build_keypoint_evaluator", "keypoint_oks_sigmas"]
 

@@ -2,10 +2,11 @@
 
 Where no gradient is recorded, inference takes faster routes to the same numbers (within float
 rounding): oneDNN linear layers with bias, ReLU and residual fused (``grouppose.layers.linear``),
-FFN blocks by rows (``grouppose.blocks.FeedForward``), FrozenBN folded into the convolutions
-(``grouppose.backbone.FrozenBNConv2d``) and a channels-last backbone input
-(``grouppose.meta_arch``). ``plain_inference()`` turns them off, so that inference computes
-as training does (PyTorch's own inference kernels aside, such as ``nn.MultiheadAttention``'s):
+FFN blocks by rows (``grouppose.modeling.blocks.FeedForward``), FrozenBN folded into the
+convolutions (``grouppose.modeling.backbone.frozen_batch_norm.FrozenBNConv2d``) and a
+channels-last backbone input (``grouppose.modeling.meta_arch``). ``plain_inference()`` turns them
+off, so that inference computes as training does (PyTorch's own inference kernels aside, such as
+``nn.MultiheadAttention``'s):
 
     with torch.no_grad(), grouppose.layers.plain_inference():
         outputs = model(inputs)

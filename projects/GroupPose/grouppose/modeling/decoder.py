@@ -3,8 +3,8 @@
 Queries are laid out (B, N, G, C): N persons ("groups") of G = K + 1 queries, an instance query
 (index 0) followed by K keypoint queries. Reference points are laid out the same way,
 (B, N, G, 2): the instance query's reference is the center (mean) of its person's K keypoints.
-The ablation variants (grouppose.variants) change the self-attention and the queries of a group
-(K keypoint queries only, or the instance query only).
+The ablation variants (grouppose.modeling.variants) change the self-attention and the queries
+of a group (K keypoint queries only, or the instance query only).
 """
 
 from dataclasses import dataclass
@@ -13,7 +13,8 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
-from grouppose.blocks import (
+from grouppose.layers import Linear, MSDeformAttn
+from grouppose.modeling.blocks import (
     MLP,
     FeedForward,
     in_float32,
@@ -21,10 +22,9 @@ from grouppose.blocks import (
     inverse_sigmoid,
     person_prior_logit,
 )
-from grouppose.encoder import FlattenedLevels
-from grouppose.layers import Linear, MSDeformAttn
-from grouppose.position_encoding import point_position_encoding
-from grouppose.variants import PAPER_VARIANT, DecoderVariant
+from grouppose.modeling.encoder import FlattenedLevels
+from grouppose.modeling.position_encoding import point_position_encoding
+from grouppose.modeling.variants import PAPER_VARIANT, DecoderVariant
 
 
 def with_instance_centers(keypoints: Tensor) -> Tensor:
@@ -81,7 +81,8 @@ class GroupPoseDecoderLayer(nn.Module):
 
     Variants replace steps 1-2 (``variant.self_attn`` "standard" / "standard_masked": one
     self-attention ``self_attn`` over all N x G queries), drop either of them, restrict step 2
-    to some query types or share one attention module between them (see grouppose.variants).
+    to some query types or share one attention module between them (see
+    grouppose.modeling.variants).
     """
 
     def __init__(

@@ -6,7 +6,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from grouppose.oks import MIN_OKS, as_sigmas, pairwise_keypoint_similarity
+from grouppose.modeling.oks import MIN_OKS, as_sigmas, pairwise_keypoint_similarity
 
 # Keeps log() finite in the focal classification cost, as Deformable-DETR-family matchers do.
 _LOG_EPS = 1e-8
@@ -122,7 +122,7 @@ class HungarianMatcher(nn.Module):
         Args:
             cost_class, cost_keypoints, cost_oks: weights of the three costs.
             focal_alpha: alpha of the focal class cost.
-            sigmas: (K,) OKS sigmas (see grouppose.oks.default_oks_sigmas).
+            sigmas: (K,) OKS sigmas (see grouppose.modeling.oks.default_oks_sigmas).
         """
         super().__init__()
         self.cost_class = cost_class

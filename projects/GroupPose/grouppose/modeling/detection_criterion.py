@@ -12,14 +12,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, generalized_box_iou_loss
 
-from grouppose.criterion import (
+from grouppose.modeling.criterion import (
     focal_classification_loss,
     match_each,
     matched_queries,
     matched_targets,
     num_people_across_workers,
 )
-from grouppose.matcher import Matches, focal_class_cost, match_each_image
+from grouppose.modeling.matcher import Matches, focal_class_cost, match_each_image
 
 DETECTION_LOSS_NAMES = ("loss_det_cls", "loss_det_bbox", "loss_det_giou")
 
@@ -90,7 +90,7 @@ class DetectionCriterion(nn.Module):
     def match(self, logits: Tensor, boxes: Tensor, targets: List[Dict[str, Tensor]]) -> Matches:
         """(B, N) logits, (B, N, 4) boxes, targets with ``boxes`` (n, 4) -> per image (query
         indices, target indices), int64 on the CPU, ordered by query index (see
-        grouppose.matcher.match_each_image)."""
+        grouppose.modeling.matcher.match_each_image)."""
         return match_each_image(
             targets, "boxes",
             lambda image, target: self.cost_matrix(logits[image], boxes[image], target["boxes"]),

@@ -11,23 +11,27 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
-from grouppose.backbone import InputProjection, use_affine_frozen_batch_norm
 from grouppose.config import INFERENCE_DTYPES, attention_layer_args, check_grouppose_config
-from grouppose.criterion import SetCriterion, build_criterion, build_targets
-from grouppose.decoder import DecoderOutput, GroupPoseDecoder
-from grouppose.detection_criterion import DetectionCriterion, person_boxes
-from grouppose.detection_decoder import (
+from grouppose.layers import fast_paths_enabled
+from grouppose.modeling.backbone import InputProjection, use_affine_frozen_batch_norm
+from grouppose.modeling.criterion import SetCriterion, build_criterion, build_targets
+from grouppose.modeling.decoder import DecoderOutput, GroupPoseDecoder
+from grouppose.modeling.detection_criterion import DetectionCriterion, person_boxes
+from grouppose.modeling.detection_decoder import (
     DetectionOutput,
     HumanDetectionDecoder,
     build_detection_branch,
     proposal_boxes,
 )
-from grouppose.encoder import DeformableEncoder, FlattenedLevels, flatten_levels
-from grouppose.layers import fast_paths_enabled
-from grouppose.position_encoding import feature_map_position_encoding
-from grouppose.postprocess import PIXEL_CENTER_OFFSET, poses_to_instances
-from grouppose.query_selection import InstanceKeypointQueries, QuerySelection, SelectedPoses
-from grouppose.variants import DecoderVariant
+from grouppose.modeling.encoder import DeformableEncoder, FlattenedLevels, flatten_levels
+from grouppose.modeling.position_encoding import feature_map_position_encoding
+from grouppose.modeling.postprocess import PIXEL_CENTER_OFFSET, poses_to_instances
+from grouppose.modeling.query_selection import (
+    InstanceKeypointQueries,
+    QuerySelection,
+    SelectedPoses,
+)
+from grouppose.modeling.variants import DecoderVariant
 
 __all__ = ["GroupPose", "NetworkOutput"]
 

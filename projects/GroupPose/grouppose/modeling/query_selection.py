@@ -12,9 +12,9 @@ from typing import Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from grouppose.blocks import MLP, in_float32, person_prior_logit
 from grouppose.layers import Linear
-from grouppose.variants import PAPER_VARIANT, DecoderVariant
+from grouppose.modeling.blocks import MLP, in_float32, person_prior_logit
+from grouppose.modeling.variants import PAPER_VARIANT, DecoderVariant
 
 # A proposal (center x, y and size w, h, all normalised) must lie strictly inside this open
 # interval to be used; the others are rejected (see encoder_proposals).
@@ -148,8 +148,8 @@ class InstanceKeypointQueries(nn.Module):
     selected memory feature); instance query = one learnable instance embedding, shared by all
     persons. The person features come in detached: the decoder does not train what made them.
 
-    Variants (grouppose.variants): only the keypoint queries or only the instance query. The
-    instance query also gets the person feature when ``instance_from_person`` (the human
+    Variants (grouppose.modeling.variants): only the keypoint queries or only the instance query.
+    The instance query also gets the person feature when ``instance_from_person`` (the human
     detection decoder's persons) or when it is the only query (it then regresses the pose).
     """
 

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from grouppose.config import resolve_oks_sigmas
-from grouppose.matcher import FOCAL_GAMMA, HungarianMatcher, Matches, NonFiniteCostError
-from grouppose.oks import MIN_OKS, as_sigmas, keypoint_similarity
+from grouppose.modeling.matcher import FOCAL_GAMMA, HungarianMatcher, Matches, NonFiniteCostError
+from grouppose.modeling.oks import MIN_OKS, as_sigmas, keypoint_similarity
 
 DEFAULT_LOSS_WEIGHTS = {"loss_cls": 2.0, "loss_keypoints": 10.0, "loss_oks": 4.0}
 INTERM_SUFFIX = "_interm"
@@ -200,7 +200,7 @@ class SetCriterion(nn.Module):
         """
         Args:
             matcher: assigns queries to people, called once per set of predictions.
-            sigmas: (K,) OKS sigmas (see grouppose.oks.default_oks_sigmas).
+            sigmas: (K,) OKS sigmas (see grouppose.modeling.oks.default_oks_sigmas).
             focal_alpha: alpha of the sigmoid focal classification loss.
             weight_dict: weights of `loss_cls`, `loss_keypoints`, `loss_oks` (all three; default
                 2 / 10 / 4). `self.weight_dict` repeats them for every suffix.

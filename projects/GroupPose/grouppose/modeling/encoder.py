@@ -6,8 +6,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from grouppose.blocks import FeedForward, init_transformer_layers
 from grouppose.layers import MSDeformAttn
+from grouppose.modeling.blocks import FeedForward, init_transformer_layers
 
 
 @dataclass

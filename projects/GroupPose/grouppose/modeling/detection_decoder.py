@@ -19,19 +19,19 @@ import torch
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from grouppose.blocks import (
+from grouppose.config import attention_layer_args
+from grouppose.layers import Linear, MSDeformAttn
+from grouppose.modeling.blocks import (
     MLP,
     FeedForward,
     init_transformer_layers,
     inverse_sigmoid,
     person_prior_logit,
 )
-from grouppose.config import attention_layer_args
-from grouppose.detection_criterion import DetectionCriterion
-from grouppose.encoder import FlattenedLevels
-from grouppose.layers import Linear, MSDeformAttn
-from grouppose.position_encoding import point_position_encoding
-from grouppose.query_selection import PROPOSAL_BASE_SIZE, encoder_proposals
+from grouppose.modeling.detection_criterion import DetectionCriterion
+from grouppose.modeling.encoder import FlattenedLevels
+from grouppose.modeling.position_encoding import point_position_encoding
+from grouppose.modeling.query_selection import PROPOSAL_BASE_SIZE, encoder_proposals
 
 
 def proposal_boxes(
