@@ -31,7 +31,7 @@ def compiled_op():
     return torch.ops.grouppose.ms_deform_attn
 
 
-def make_inputs(N, Lq, M, D, level_shapes, P, dtype=torch.float32, seed=0):
+def make_inputs(B, Lq, M, D, level_shapes, P, dtype=torch.float32, seed=0):
     """Random op inputs; locations in [-0.1, 1.1] so that some points fall off the map."""
     generator = torch.Generator().manual_seed(seed)
     spatial_shapes = torch.tensor(level_shapes, dtype=torch.int64)
@@ -39,9 +39,9 @@ def make_inputs(N, Lq, M, D, level_shapes, P, dtype=torch.float32, seed=0):
     level_start_index = torch.cumsum(areas, dim=0) - areas
     L = len(level_shapes)
     S = int(areas.sum())
-    value = torch.randn(N, S, M, D, generator=generator, dtype=dtype)
-    locations = torch.rand(N, Lq, M, L, P, 2, generator=generator, dtype=dtype) * 1.2 - 0.1
-    weights = torch.rand(N, Lq, M, L, P, generator=generator, dtype=dtype)
+    value = torch.randn(B, S, M, D, generator=generator, dtype=dtype)
+    locations = torch.rand(B, Lq, M, L, P, 2, generator=generator, dtype=dtype) * 1.2 - 0.1
+    weights = torch.rand(B, Lq, M, L, P, generator=generator, dtype=dtype)
     return value, spatial_shapes, level_start_index, locations, weights
 
 
@@ -65,7 +65,7 @@ def assert_close_to_magnitude(actual, expected, tolerance):
     torch.testing.assert_close(actual, expected, rtol=0, atol=tolerance * scale)
 
 
-# Shapes (N, Lq, M, D, level_shapes, P): unequal levels, N > 1, large Lq, P = 1, L = 1.
+# Shapes (B, Lq, M, D, level_shapes, P): unequal levels, B > 1, large Lq, P = 1, L = 1.
 SHAPES = [
     (2, 7, 2, 4, [(6, 5), (3, 3), (1, 2)], 3),
     (1, 2000, 4, 8, [(16, 20), (8, 10)], 2),
@@ -231,7 +231,7 @@ def test_autocast_calls_the_half_kernel_without_copying_value(compiled_op):
     """Under CPU autocast value comes from a bfloat16 linear layer and the locations stay
     float32: the op gets value as it is (no float32 copy) and returns bfloat16."""
     inputs = list(make_inputs(2, 40, 3, 32, [(6, 5), (3, 3)], 4))
-    features = inputs[0].flatten(2)  # (N, S, M * D)
+    features = inputs[0].flatten(2)  # (B, S, M * D)
     projection = torch.nn.Linear(96, 96)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         value = projection(features).view(inputs[0].shape)
@@ -293,8 +293,8 @@ def test_torch_compile_fullgraph(backend, value_dtype, compiled_op):
 @pytest.mark.parametrize("reference_dim", [2, 4])
 def test_torch_export_module(reference_dim, compiled_op):
     torch.manual_seed(0)
-    module = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2).eval()
-    args = module_inputs(module, N=2, Lq=5, level_shapes=[(6, 5), (3, 3)],
+    module = MSDeformAttn(dim=32, num_heads=4, num_levels=2, num_points=2).eval()
+    args = module_inputs(module, B=2, Lq=5, level_shapes=[(6, 5), (3, 3)],
                          reference_dim=reference_dim)
     exported = torch.export.export(module, args)
     targets = [node.target for node in exported.graph.nodes]
@@ -304,7 +304,7 @@ def test_torch_export_module(reference_dim, compiled_op):
 
 BAD_INPUTS = [
     # (argument index, replacement maker, message fragment)
-    (0, lambda t: t[0], r"value must have shape \(N, S, M, D\)"),
+    (0, lambda t: t[0], r"value must have shape \(B, S, M, D\)"),
     (0, lambda t: t.to(torch.int32), "value must be float32, float64, float16 or bfloat16"),
     (0, lambda t: t.to(torch.float8_e4m3fn), "value must be float32, float64, float16 or bf"),
     (1, lambda t: t[:, :1], r"spatial_shapes must have shape \(L, 2\)"),
@@ -312,13 +312,13 @@ BAD_INPUTS = [
     (1, lambda t: t + 1, "spatial_shapes must hold positive"),
     (2, lambda t: t[:1], r"level_start_index must have shape \(L,\) = \(2,\)"),
     (2, lambda t: t + 1, r"level_start_index must be \[0, 20\]"),
-    (3, lambda t: t[..., :1], r"sampling_locations must have shape \(N, Lq, M, L, P, 2\)"),
+    (3, lambda t: t[..., :1], r"sampling_locations must have shape \(B, Lq, M, L, P, 2\)"),
     (3, lambda t: t[:, :, :1], r"sampling_locations must have shape .* = \(2, Lq, 3, 2, P, 2\)"),
     (3, lambda t: t.double(),
      r"sampling_locations must have value's dtype torch.float32, got torch.float64"),
     (4, lambda t: t.half(),
      r"attention_weights must have value's dtype torch.float32, got torch.float16"),
-    (4, lambda t: t[..., :1], r"attention_weights must have shape \(N, Lq, M, L, P\)"),
+    (4, lambda t: t[..., :1], r"attention_weights must have shape \(B, Lq, M, L, P\)"),
     (4, lambda t: t.to("meta"), "attention_weights is on meta"),
 ]
 
@@ -431,21 +431,21 @@ def test_fallback_warns_once_and_uses_reference(monkeypatch):
     assert torch.equal(first, expected) and torch.equal(second, expected)
 
 
-def module_inputs(module, N, Lq, level_shapes, reference_dim, seed=0):
+def module_inputs(module, B, Lq, level_shapes, reference_dim, seed=0):
     """Random MSDeformAttn.forward arguments (no padding mask)."""
     generator = torch.Generator().manual_seed(seed)
     spatial_shapes = torch.tensor(level_shapes, dtype=torch.int64)
     areas = spatial_shapes.prod(dim=1)
     level_start_index = torch.cumsum(areas, dim=0) - areas
     S = int(areas.sum())
-    query = torch.randn(N, Lq, module.d_model, generator=generator)
-    reference_points = torch.rand(N, Lq, module.n_levels, reference_dim, generator=generator)
-    input_flatten = torch.randn(N, S, module.d_model, generator=generator)
+    query = torch.randn(B, Lq, module.dim, generator=generator)
+    reference_points = torch.rand(B, Lq, module.num_levels, reference_dim, generator=generator)
+    input_flatten = torch.randn(B, S, module.dim, generator=generator)
     return query, reference_points, input_flatten, spatial_shapes, level_start_index
 
 
 def test_module_initialisation():
-    module = MSDeformAttn(d_model=64, n_levels=3, n_heads=8, n_points=2)
+    module = MSDeformAttn(dim=64, num_heads=8, num_levels=3, num_points=2)
     assert not module.sampling_offsets.weight.any()
     offsets = module.sampling_offsets.bias.view(8, 3, 2, 2)
     # Head 0 points along +x, head 2 along +y, head 1 on the diagonal; point p at ring p + 1.
@@ -462,23 +462,23 @@ def test_module_initialisation():
 @pytest.mark.parametrize("reference_dim", [2, 4])
 def test_module_sampling_locations(reference_dim):
     """The module samples where the agreed interface says: ref + offset / (W_l, H_l) for
-    points, ref_xy + offset / n_points * ref_wh / 2 for boxes."""
+    points, ref_xy + offset / num_points * ref_wh / 2 for boxes."""
     torch.manual_seed(0)
-    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=3)
+    module = MSDeformAttn(dim=16, num_heads=2, num_levels=2, num_points=3)
     for parameter in module.parameters():
         torch.nn.init.normal_(parameter, std=0.3)
-    args = module_inputs(module, N=2, Lq=4, level_shapes=[(5, 6), (2, 3)],
+    args = module_inputs(module, B=2, Lq=4, level_shapes=[(5, 6), (2, 3)],
                          reference_dim=reference_dim)
     query, reference_points, input_flatten, spatial_shapes, level_start_index = args
-    N, Lq, _ = query.shape
-    offsets = module.sampling_offsets(query).view(N, Lq, 2, 2, 3, 2)
+    B, Lq, _ = query.shape
+    offsets = module.sampling_offsets(query).view(B, Lq, 2, 2, 3, 2)
     references = reference_points[:, :, None, :, None, :]
     if reference_dim == 2:
         locations = references + offsets / torch.tensor([[6.0, 5.0], [3.0, 2.0]])[:, None, :]
     else:
         locations = references[..., :2] + offsets / 3 * references[..., 2:] / 2
-    weights = module.attention_weights(query).view(N, Lq, 2, 6).softmax(-1).view(N, Lq, 2, 2, 3)
-    value = module.value_proj(input_flatten).view(N, -1, 2, 8)
+    weights = module.attention_weights(query).view(B, Lq, 2, 6).softmax(-1).view(B, Lq, 2, 2, 3)
+    value = module.value_proj(input_flatten).view(B, -1, 2, 8)
     expected = module.output_proj(ms_deform_attn_reference(
         value, spatial_shapes, level_start_index, locations, weights
     ))
@@ -487,9 +487,9 @@ def test_module_sampling_locations(reference_dim):
 
 def test_module_padding_mask_hides_padded_values():
     torch.manual_seed(0)
-    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=4)
+    module = MSDeformAttn(dim=16, num_heads=2, num_levels=2, num_points=4)
     torch.nn.init.normal_(module.sampling_offsets.weight, std=1.0)
-    args = list(module_inputs(module, N=2, Lq=6, level_shapes=[(4, 4), (2, 2)], reference_dim=2))
+    args = list(module_inputs(module, B=2, Lq=6, level_shapes=[(4, 4), (2, 2)], reference_dim=2))
     padding_mask = torch.zeros(2, 20, dtype=torch.bool)
     padding_mask[0, 12:16] = padding_mask[1, 3:20:4] = True
     changed = args.copy()
@@ -500,10 +500,10 @@ def test_module_padding_mask_hides_padded_values():
 
 
 def test_module_rejects_bad_reference_points():
-    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=1)
-    args = list(module_inputs(module, N=2, Lq=3, level_shapes=[(2, 2), (1, 1)], reference_dim=2))
+    module = MSDeformAttn(dim=16, num_heads=2, num_levels=2, num_points=1)
+    args = list(module_inputs(module, B=2, Lq=3, level_shapes=[(2, 2), (1, 1)], reference_dim=2))
     args[1] = args[1][..., :1]
-    with pytest.raises(ValueError, match=r"reference_points must have shape \(N, Lq, L, 2 or 4\)"):
+    with pytest.raises(ValueError, match=r"reference_points must have shape \(B, Lq, L, 2 or 4\)"):
         module(*args)
 
 

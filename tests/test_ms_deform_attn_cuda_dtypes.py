@@ -43,7 +43,7 @@ def cuda_op():
     return torch.ops.grouppose
 
 
-def make_inputs(N, Lq, M, D, level_shapes, P, dtypes, seed=0):
+def make_inputs(B, Lq, M, D, level_shapes, P, dtypes, seed=0):
     """Random CUDA inputs of the given (value, locations, weights) dtypes; locations in
     [-0.1, 1.1] so that some points fall off the map."""
     generator = torch.Generator().manual_seed(seed)
@@ -51,9 +51,9 @@ def make_inputs(N, Lq, M, D, level_shapes, P, dtypes, seed=0):
     areas = spatial_shapes.prod(dim=1)
     level_start_index = torch.cumsum(areas, dim=0) - areas
     L, S = len(level_shapes), int(areas.sum())
-    value = torch.randn(N, S, M, D, generator=generator)
-    locations = torch.rand(N, Lq, M, L, P, 2, generator=generator) * 1.2 - 0.1
-    weights = torch.rand(N, Lq, M, L, P, generator=generator)
+    value = torch.randn(B, S, M, D, generator=generator)
+    locations = torch.rand(B, Lq, M, L, P, 2, generator=generator) * 1.2 - 0.1
+    weights = torch.rand(B, Lq, M, L, P, generator=generator)
     value, locations, weights = (
         tensor.to(dtype) for tensor, dtype in zip((value, locations, weights), dtypes)
     )

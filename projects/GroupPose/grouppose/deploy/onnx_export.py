@@ -56,12 +56,12 @@ def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locat
     """ONNX translation of ``grouppose::ms_deform_attn`` (see ``ms_deform_attn`` for the
     arguments and result): per level one ``GridSample`` (bilinear, zero padding,
     align_corners=0: the op's sampling of pixel centers at (i + 0.5) / size) of the level's
-    values (N*M, D, H_l, W_l) at the level's points (N*M, Lq, P, 2), weighted and summed.
+    values (B*M, D, H_l, W_l) at the level's points (B*M, Lq, P, 2), weighted and summed.
 
-    ``value`` (N, S, M, D), ``sampling_locations`` (N, Lq, M, L, P, 2) and
-    ``attention_weights`` (N, Lq, M, L, P) have static M, D, L, P; S, Lq and the level sizes
+    ``value`` (B, S, M, D), ``sampling_locations`` (B, Lq, M, L, P, 2) and
+    ``attention_weights`` (B, Lq, M, L, P) have static M, D, L, P; S, Lq and the level sizes
     (``spatial_shapes`` (L, 2) (H, W), ``level_start_index`` (L,)) are read in the graph, so
-    they may be dynamic. Returns (N, Lq, M * D).
+    they may be dynamic. Returns (B, Lq, M * D).
 
     GridSample was measured faster than an equivalent Gather formulation (four corner rows per
     point, weighted by a MatMul) in ONNX Runtime on the CPU (README, "Deploy").
@@ -73,17 +73,17 @@ def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locat
 
     _, _, M, D = value.shape
     L = sampling_locations.shape[3]
-    # (N, S, M, D) -> (N*M, D, S): each head's values as D channels.
+    # (B, S, M, D) -> (B*M, D, S): each head's values as D channels.
     values = op.Reshape(
         op.Transpose(value, perm=[0, 2, 3, 1]),
         op.Concat(ints(-1, D), op.Shape(value, start=1, end=2), axis=0),
     )
-    # [0, 1] -> GridSample's [-1, 1]; (N, Lq, M, L, P, 2) -> (L, N*M, Lq, P, 2).
+    # [0, 1] -> GridSample's [-1, 1]; (B, Lq, M, L, P, 2) -> (L, B*M, Lq, P, 2).
     grids = op.Sub(op.Mul(sampling_locations, op.Constant(value_float=2.0)),
                    op.Constant(value_float=1.0))
     grids = op.Transpose(grids, perm=[3, 0, 2, 1, 4, 5])
     grids = op.Reshape(grids, op.Concat(ints(L, -1), op.Shape(grids, start=3), axis=0))
-    # (N, Lq, M, L, P) -> (L, N*M, 1, Lq, P): broadcast over the D channels.
+    # (B, Lq, M, L, P) -> (L, B*M, 1, Lq, P): broadcast over the D channels.
     weights = op.Transpose(attention_weights, perm=[3, 0, 2, 1, 4])
     weights = op.Reshape(weights, op.Concat(ints(L, -1, 1), op.Shape(weights, start=3), axis=0))
     sizes = op.Reshape(spatial_shapes, ints(-1))  # H_0, W_0, H_1, W_1, ...
@@ -96,11 +96,11 @@ def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locat
         level_values = op.Reshape(level_values, op.Concat(ints(-1, D), height, width, axis=0))
         level_grid = op.Squeeze(op.Slice(grids, ints(level), ints(level + 1), ints(0)), ints(0))
         sampled = op.GridSample(level_values, level_grid, mode="bilinear",
-                                padding_mode="zeros", align_corners=0)  # (N*M, D, Lq, P)
+                                padding_mode="zeros", align_corners=0)  # (B*M, D, Lq, P)
         level_weights = op.Squeeze(op.Slice(weights, ints(level), ints(level + 1), ints(0)),
                                    ints(0))
         outputs.append(op.ReduceSum(op.Mul(sampled, level_weights), ints(-1), keepdims=0))
-    output = op.Sum(*outputs)  # (N*M, D, Lq)
+    output = op.Sum(*outputs)  # (B*M, D, Lq)
     output = op.Reshape(output, op.Concat(ints(-1, M * D), op.Shape(output, start=2), axis=0))
     return op.Transpose(output, perm=[0, 2, 1])
 

@@ -2,7 +2,7 @@
 the ``MSDeformAttn`` module.
 
 Shapes used throughout:
-    N batch, S = sum_l H_l * W_l flattened positions of all levels, M heads, D channels per head,
+    B batch, S = sum_l H_l * W_l flattened positions of all levels, M heads, D channels per head,
     Lq queries, L levels, P sampling points per head and level.
 
 ``ms_deform_attn`` runs ``torch.ops.grouppose.ms_deform_attn``, the C++/CUDA op compiled into
@@ -118,9 +118,9 @@ def _check_inputs(
             )
     if value.dim() != 4:
         raise ValueError(
-            f"ms_deform_attn: value must have shape (N, S, M, D), got {tuple(value.shape)}"
+            f"ms_deform_attn: value must have shape (B, S, M, D), got {tuple(value.shape)}"
         )
-    N, S, M, D = value.shape
+    B, S, M, D = value.shape
     if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
         raise ValueError(
             f"ms_deform_attn: spatial_shapes must have shape (L, 2), "
@@ -134,19 +134,19 @@ def _check_inputs(
         )
     if (
         sampling_locations.dim() != 6
-        or tuple(sampling_locations.shape[:1]) != (N,)
+        or tuple(sampling_locations.shape[:1]) != (B,)
         or tuple(sampling_locations.shape[2:4]) != (M, L)
         or sampling_locations.shape[5] != 2
     ):
         raise ValueError(
-            f"ms_deform_attn: sampling_locations must have shape (N, Lq, M, L, P, 2) = "
-            f"({N}, Lq, {M}, {L}, P, 2), got {tuple(sampling_locations.shape)}"
+            f"ms_deform_attn: sampling_locations must have shape (B, Lq, M, L, P, 2) = "
+            f"({B}, Lq, {M}, {L}, P, 2), got {tuple(sampling_locations.shape)}"
         )
     Lq, P = sampling_locations.shape[1], sampling_locations.shape[4]
-    if tuple(attention_weights.shape) != (N, Lq, M, L, P):
+    if tuple(attention_weights.shape) != (B, Lq, M, L, P):
         raise ValueError(
-            f"ms_deform_attn: attention_weights must have shape (N, Lq, M, L, P) = "
-            f"{(N, Lq, M, L, P)}, got {tuple(attention_weights.shape)}"
+            f"ms_deform_attn: attention_weights must have shape (B, Lq, M, L, P) = "
+            f"{(B, Lq, M, L, P)}, got {tuple(attention_weights.shape)}"
         )
     if value.dtype not in _VALUE_DTYPES:
         raise ValueError(
@@ -216,12 +216,12 @@ def ms_deform_attn(
     """Multi-scale deformable attention core.
 
     Args:
-        value: (N, S, M, D) values of all levels, flattened level by level, row-major.
+        value: (B, S, M, D) values of all levels, flattened level by level, row-major.
         spatial_shapes: (L, 2) int64 (H, W) of each level.
         level_start_index: (L,) int64 offset of each level in S.
-        sampling_locations: (N, Lq, M, L, P, 2) (x, y) normalised to [0, 1]; pixel centers at
+        sampling_locations: (B, Lq, M, L, P, 2) (x, y) normalised to [0, 1]; pixel centers at
             (i + 0.5) / size (``grid_sample(align_corners=False)``); zero outside the map.
-        attention_weights: (N, Lq, M, L, P).
+        attention_weights: (B, Lq, M, L, P).
 
     value may be float32, float64, float16 or bfloat16; sampling_locations and
     attention_weights have its dtype, or float32 when it is float16 / bfloat16 (autocast's mix).
@@ -230,7 +230,7 @@ def ms_deform_attn(
     float32.
 
     Returns:
-        (N, Lq, M * D) of value's dtype: per query and head, the attention-weighted sum of the
+        (B, Lq, M * D) of value's dtype: per query and head, the attention-weighted sum of the
         bilinearly sampled values.
     """
     if isinstance(value, Tensor) and value.dtype in _HALF_DTYPES:
@@ -271,16 +271,16 @@ def ms_deform_attn_reference(
         value, sampling_locations, attention_weights = (
             value.float(), sampling_locations.float(), attention_weights.float()
         )
-    N, _, M, D = value.shape
+    B, _, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
     # grid_sample samples (batch, channels, H, W) maps at [-1, 1] grids: fold heads into batch.
-    grids = (2 * sampling_locations - 1).transpose(1, 2).flatten(0, 1)  # (N*M, Lq, L, P, 2)
+    grids = (2 * sampling_locations - 1).transpose(1, 2).flatten(0, 1)  # (B*M, Lq, L, P, 2)
     sampled = []
     for level, ((height, width), start) in enumerate(
         zip(spatial_shapes.tolist(), level_start_index.tolist())
     ):
-        level_value = value[:, start : start + height * width]  # (N, H*W, M, D)
-        level_value = level_value.permute(0, 2, 3, 1).reshape(N * M, D, height, width)
+        level_value = value[:, start : start + height * width]  # (B, H*W, M, D)
+        level_value = level_value.permute(0, 2, 3, 1).reshape(B * M, D, height, width)
         sampled.append(
             F.grid_sample(
                 level_value,
@@ -289,11 +289,11 @@ def ms_deform_attn_reference(
                 padding_mode="zeros",
                 align_corners=False,
             )
-        )  # (N*M, D, Lq, P)
-    sampled = torch.stack(sampled, dim=-2).flatten(-2)  # (N*M, D, Lq, L*P)
-    weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L * P)
-    output = (sampled * weights).sum(-1)  # (N*M, D, Lq)
-    return output.view(N, M * D, Lq).transpose(1, 2).contiguous().to(output_dtype)
+        )  # (B*M, D, Lq, P)
+    sampled = torch.stack(sampled, dim=-2).flatten(-2)  # (B*M, D, Lq, L*P)
+    weights = attention_weights.transpose(1, 2).reshape(B * M, 1, Lq, L * P)
+    output = (sampled * weights).sum(-1)  # (B*M, D, Lq)
+    return output.view(B, M * D, Lq).transpose(1, 2).contiguous().to(output_dtype)
 
 
 def _register_op_python_parts() -> None:
@@ -303,8 +303,8 @@ def _register_op_python_parts() -> None:
     def _ms_deform_attn_fake(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     ):
-        N, _, M, D = value.shape
-        return value.new_empty((N, sampling_locations.shape[1], M * D))
+        B, _, M, D = value.shape
+        return value.new_empty((B, sampling_locations.shape[1], M * D))
 
     @torch.library.register_fake(_BACKWARD_OP_NAME)
     def _ms_deform_attn_backward_fake(
@@ -344,32 +344,41 @@ class MSDeformAttn(nn.Module):
     flattened multi-level input.
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+    def __init__(
+        self, *, dim: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4
+    ):
+        """
+        Args:
+            dim: channels of the queries, the values and the output (C).
+            num_heads: attention heads (M); each attends to dim / num_heads channels.
+            num_levels: feature levels sampled (L).
+            num_points: sampling points per head and level (P).
+        """
         super().__init__()
-        if d_model % n_heads != 0:
+        if dim % num_heads != 0:
             raise ValueError(
-                f"MSDeformAttn: d_model ({d_model}) must be divisible by n_heads ({n_heads})"
+                f"MSDeformAttn: dim ({dim}) must be divisible by num_heads ({num_heads})"
             )
-        self.d_model = d_model
-        self.n_levels = n_levels
-        self.n_heads = n_heads
-        self.n_points = n_points
-        self.sampling_offsets = Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = Linear(d_model, d_model)
-        self.output_proj = Linear(d_model, d_model)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.num_levels = num_levels
+        self.num_points = num_points
+        self.sampling_offsets = Linear(dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = Linear(dim, num_heads * num_levels * num_points)
+        self.value_proj = Linear(dim, dim)
+        self.output_proj = Linear(dim, dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Deformable DETR initialisation: point k of head h starts k + 1 cells away from the
-        reference in direction 2*pi*h / n_heads (on a square ring), with uniform attention."""
+        reference in direction 2*pi*h / num_heads (on a square ring), with uniform attention."""
         nn.init.zeros_(self.sampling_offsets.weight)
-        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2 * math.pi / self.n_heads)
+        angles = torch.arange(self.num_heads, dtype=torch.float32) * (2 * math.pi / self.num_heads)
         directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (M, 2)
         directions = directions / directions.abs().max(dim=-1, keepdim=True).values
-        distances = torch.arange(1, self.n_points + 1, dtype=torch.float32)
+        distances = torch.arange(1, self.num_points + 1, dtype=torch.float32)
         offsets = directions[:, None, None, :] * distances[None, None, :, None]  # (M, 1, P, 2)
-        offsets = offsets.expand(-1, self.n_levels, -1, -1)  # (M, L, P, 2)
+        offsets = offsets.expand(-1, self.num_levels, -1, -1)  # (M, L, P, 2)
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(offsets.flatten())
         nn.init.zeros_(self.attention_weights.weight)
@@ -389,42 +398,42 @@ class MSDeformAttn(nn.Module):
     ) -> Tensor:
         """
         Args:
-            query: (N, Lq, C) query features.
-            reference_points: (N, Lq, L, 2) points (x, y) in [0, 1], offsets are in cells of
-                each level; or (N, Lq, L, 4) boxes (cx, cy, w, h), offsets are in units of
-                half the box size / n_points.
-            input_flatten: (N, S, C) features of all levels, flattened level by level.
+            query: (B, Lq, C) query features.
+            reference_points: (B, Lq, L, 2) points (x, y) in [0, 1], offsets are in cells of
+                each level; or (B, Lq, L, 4) boxes (cx, cy, w, h), offsets are in units of
+                half the box size / num_points.
+            input_flatten: (B, S, C) features of all levels, flattened level by level.
             input_spatial_shapes: (L, 2) int64 (H, W) of each level.
             input_level_start_index: (L,) int64 offset of each level in S.
-            input_padding_mask: (N, S) bool, True on padding (its value is zeroed), or None.
+            input_padding_mask: (B, S) bool, True on padding (its value is zeroed), or None.
 
         Returns:
-            (N, Lq, C).
+            (B, Lq, C).
         """
-        N, Lq, _ = query.shape
+        B, Lq, _ = query.shape
         S = input_flatten.shape[1]
-        M, L, P = self.n_heads, self.n_levels, self.n_points
-        if reference_points.dim() != 4 or tuple(reference_points.shape[:3]) != (N, Lq, L) or (
+        M, L, P = self.num_heads, self.num_levels, self.num_points
+        if reference_points.dim() != 4 or tuple(reference_points.shape[:3]) != (B, Lq, L) or (
             reference_points.shape[3] not in (2, 4)
         ):
             raise ValueError(
-                f"MSDeformAttn: reference_points must have shape (N, Lq, L, 2 or 4) = "
-                f"({N}, {Lq}, {L}, 2 or 4), got {tuple(reference_points.shape)}"
+                f"MSDeformAttn: reference_points must have shape (B, Lq, L, 2 or 4) = "
+                f"({B}, {Lq}, {L}, 2 or 4), got {tuple(reference_points.shape)}"
             )
-        if input_padding_mask is not None and tuple(input_padding_mask.shape) != (N, S):
+        if input_padding_mask is not None and tuple(input_padding_mask.shape) != (B, S):
             raise ValueError(
-                f"MSDeformAttn: input_padding_mask must have shape (N, S) = ({N}, {S}), "
+                f"MSDeformAttn: input_padding_mask must have shape (B, S) = ({B}, {S}), "
                 f"got {tuple(input_padding_mask.shape)}"
             )
 
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
-        value = value.view(N, S, M, self.d_model // M)
+        value = value.view(B, S, M, self.dim // M)
 
-        offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
-        weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(dim=-1)
-        weights = weights.view(N, Lq, M, L, P)
+        offsets = self.sampling_offsets(query).view(B, Lq, M, L, P, 2)
+        weights = self.attention_weights(query).view(B, Lq, M, L * P).softmax(dim=-1)
+        weights = weights.view(B, Lq, M, L, P)
 
         if reference_points.shape[-1] == 2:
             # reference + offset / (W, H) of its level, computed over rows of L * P * 2 values
@@ -433,12 +442,12 @@ class MSDeformAttn(nn.Module):
             # round above 256.
             level_sizes_xy = input_spatial_shapes.flip(-1).to(torch.float32)  # (L, 2) = (W, H)
             locations = torch.addcdiv(
-                reference_points.repeat(1, 1, 1, P).view(N, Lq, 1, L * P * 2),
-                offsets.view(N, Lq, M, L * P * 2),
+                reference_points.repeat(1, 1, 1, P).view(B, Lq, 1, L * P * 2),
+                offsets.view(B, Lq, M, L * P * 2),
                 level_sizes_xy.repeat(1, P).view(L * P * 2),
-            ).view(N, Lq, M, L, P, 2)
+            ).view(B, Lq, M, L, P, 2)
         else:
-            references = reference_points[:, :, None, :, None, :]  # (N, Lq, 1, L, 1, 4)
+            references = reference_points[:, :, None, :, None, :]  # (B, Lq, 1, L, 1, 4)
             locations = references[..., :2] + offsets / P * references[..., 2:] * 0.5
         output = ms_deform_attn(
             value, input_spatial_shapes, input_level_start_index, locations, weights

@@ -101,7 +101,9 @@ class GroupPoseDecoderLayer(nn.Module):
         if variant.self_attn != "group":
             self.self_attn = _attention(dim, num_heads, dropout)
             self.self_attn_norm = nn.LayerNorm(dim)
-        self.cross_attn = MSDeformAttn(dim, num_levels, num_heads, num_points)
+        self.cross_attn = MSDeformAttn(
+            dim=dim, num_heads=num_heads, num_levels=num_levels, num_points=num_points
+        )
         self.cross_attn_norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.dropout = nn.Dropout(dropout)

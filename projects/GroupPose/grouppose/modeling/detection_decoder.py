@@ -76,7 +76,9 @@ class HumanDetectionLayer(nn.Module):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.self_attn_norm = nn.LayerNorm(dim)
-        self.cross_attn = MSDeformAttn(dim, num_levels, num_heads, num_points)
+        self.cross_attn = MSDeformAttn(
+            dim=dim, num_heads=num_heads, num_levels=num_levels, num_points=num_points
+        )
         self.cross_attn_norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.dropout = nn.Dropout(dropout)

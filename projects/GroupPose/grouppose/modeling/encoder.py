@@ -105,7 +105,9 @@ class DeformableEncoderLayer(nn.Module):
         num_points: int,
     ):
         super().__init__()
-        self.self_attn = MSDeformAttn(dim, num_levels, num_heads, num_points)
+        self.self_attn = MSDeformAttn(
+            dim=dim, num_heads=num_heads, num_levels=num_levels, num_points=num_points
+        )
         self.dropout = nn.Dropout(dropout)
         self.self_attn_norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn_dim, dropout)

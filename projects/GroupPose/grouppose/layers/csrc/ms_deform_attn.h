@@ -1,8 +1,8 @@
 // Multi-scale deformable attention: what the CPU and CUDA kernels share.
 //
-// Shapes: value (N, S, M, D), spatial_shapes (L, 2) int64 (H, W), level_start_index (L,) int64,
-// sampling_locations (N, Lq, M, L, P, 2) (x, y) in [0, 1], attention_weights (N, Lq, M, L, P),
-// output (N, Lq, M * D). All tensors contiguous.
+// Shapes: value (B, S, M, D), spatial_shapes (L, 2) int64 (H, W), level_start_index (L,) int64,
+// sampling_locations (B, Lq, M, L, P, 2) (x, y) in [0, 1], attention_weights (B, Lq, M, L, P),
+// output (B, Lq, M * D). All tensors contiguous.
 //
 // Dtypes: value is float32, float64, float16 or bfloat16; output, grad_output and grad_value
 // have value's dtype. sampling_locations and attention_weights each have value's dtype, or
@@ -27,7 +27,7 @@ namespace grouppose {
 
 // Sizes of one ms_deform_attn call.
 struct MSDeformAttnSizes {
-  int64_t batch;     // N
+  int64_t batch;     // B
   int64_t values;    // S
   int64_t heads;     // M
   int64_t channels;  // D
@@ -63,7 +63,7 @@ MSDeformAttnInputs checked_contiguous_inputs(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights);
 
-// Checks the backward's grad_output: (N, Lq, M * D), of value's dtype and device.
+// Checks the backward's grad_output: (B, Lq, M * D), of value's dtype and device.
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value,
                        const MSDeformAttnSizes& sizes);
 

@@ -137,11 +137,11 @@ template <typename scalar_t>
 struct ForwardArgs {
   using opmath_t = at::opmath_type<scalar_t>;
   MSDeformAttnSizes sizes;
-  const scalar_t* value;       // (N, S, M, D)
-  const opmath_t* locations;   // (N, Lq, M, L, P, 2)
-  const opmath_t* weights;     // (N, Lq, M, L, P)
+  const scalar_t* value;       // (B, S, M, D)
+  const opmath_t* locations;   // (B, Lq, M, L, P, 2)
+  const opmath_t* weights;     // (B, Lq, M, L, P)
   const PointLevels<opmath_t>* levels;
-  scalar_t* output;            // (N, Lq, M * D)
+  scalar_t* output;            // (B, Lq, M * D)
 };
 
 // The bilinear_corners arithmetic for the LP points of a row at `locations` / `attention`,
@@ -315,15 +315,15 @@ template <typename scalar_t>
 struct BackwardArgs {
   using opmath_t = at::opmath_type<scalar_t>;
   MSDeformAttnSizes sizes;
-  const scalar_t* grad_output;  // (N, Lq, M * D)
-  const scalar_t* value;        // (N, S, M, D)
+  const scalar_t* grad_output;  // (B, Lq, M * D)
+  const scalar_t* value;        // (B, S, M, D)
   const int64_t* shapes;
   const int64_t* starts;
-  const opmath_t* locations;    // (N, Lq, M, L, P, 2)
-  const opmath_t* weights;      // (N, Lq, M, L, P)
-  opmath_t* grad_value;         // (N, S, M, D), zero-initialised
-  opmath_t* grad_locations;     // (N, Lq, M, L, P, 2)
-  opmath_t* grad_weights;       // (N, Lq, M, L, P)
+  const opmath_t* locations;    // (B, Lq, M, L, P, 2)
+  const opmath_t* weights;      // (B, Lq, M, L, P)
+  opmath_t* grad_value;         // (B, S, M, D), zero-initialised
+  opmath_t* grad_locations;     // (B, Lq, M, L, P, 2)
+  opmath_t* grad_weights;       // (B, Lq, M, L, P)
 };
 
 // Backward tasks [begin, end) of the flat (n, m, level) range.
