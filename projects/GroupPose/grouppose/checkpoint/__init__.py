@@ -1,11 +1,6 @@
 """Conversion of checkpoints from other implementations into this project's naming."""
 
 from .official import (
-    BACKBONE_MAPPINGS,
-    BackboneMapping,
-    ConversionReport,
-    OfficialArchitecture,
-    check_architecture,
     convert_official_checkpoint,
     detectron2_checkpoint,
     infer_architecture,
@@ -17,18 +12,12 @@ from .safe_load import (
     add_trust_pickle_argument,
     read_weights_file,
 )
-from .swin import SwinArchitecture, convert_imagenet_swin
+from .swin import convert_imagenet_swin
 
 __all__ = [
-    "BACKBONE_MAPPINGS",
-    "BackboneMapping",
-    "ConversionReport",
-    "OfficialArchitecture",
     "SafeCheckpointer",
-    "SwinArchitecture",
     "UnsafeCheckpointError",
     "add_trust_pickle_argument",
-    "check_architecture",
     "convert_imagenet_swin",
     "convert_official_checkpoint",
     "detectron2_checkpoint",

@@ -17,20 +17,11 @@ from grouppose.data.datasets import (
 )
 from grouppose.data.keypoint_json import load_keypoint_json
 from grouppose.data.mapper import GroupPoseDatasetMapper
-from grouppose.data.synthetic import (
-    DEFAULT_SPLITS,
-    ensure_synthetic_dataset,
-    generate_synthetic_crowdpose,
-    generate_synthetic_dataset,
-    register_synthetic_dataset,
-)
+from grouppose.data.synthetic import DEFAULT_SPLITS, register_synthetic_dataset
 
 __all__ = [
     "GroupPoseDatasetMapper",
     "build_augmentation",
-    "ensure_synthetic_dataset",
-    "generate_synthetic_crowdpose",
-    "generate_synthetic_dataset",
     "load_keypoint_json",
     "register_keypoint_dataset",
     "register_synthetic_dataset",

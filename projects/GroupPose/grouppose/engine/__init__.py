@@ -1,18 +1,14 @@
 """Training: the Trainer, the paper's optimizer, the resumable data stream and launching."""
 
-from .data_stream import TrainingBatches, TrainingStream
 from .launch import launch
-from .optimizer import build_optimizer, build_param_groups, with_full_model_clipping
+from .optimizer import build_optimizer, with_full_model_clipping
 from .train_loop import NonFiniteLossError, check_losses_finite
 from .trainer import Trainer
 
 __all__ = [
     "NonFiniteLossError",
     "Trainer",
-    "TrainingBatches",
-    "TrainingStream",
     "build_optimizer",
-    "build_param_groups",
     "check_losses_finite",
     "launch",
     "with_full_model_clipping",
