@@ -1,13 +1,16 @@
-"""Small building blocks shared by the encoder, the query selection and the decoder."""
+"""Small building blocks shared by the encoder, the query selection and the decoders."""
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
 
 from grouppose.layers import MSDeformAttn
 from grouppose.layers.linear import Linear, runs_onednn
+
+if TYPE_CHECKING:
+    from grouppose.modeling.encoder import FlattenedLevels
 
 # The official refinement clamps probabilities to [eps, 1 - eps] before taking the logit, so a
 # keypoint that reached an image border can still move back inside.
@@ -105,3 +108,44 @@ class FeedForward(nn.Module):
             for block in blocks
         ]
         return torch.cat(outputs).view(x.shape)
+
+
+class DeformableDecoderLayer(nn.Module):
+    """Base of the post-norm decoder layers (Group Pose's and the human detection decoder's):
+    after their own self-attention, deformable cross-attention into the encoder memory, add &
+    LayerNorm, then the FFN block."""
+
+    def add_cross_attention_and_ffn(
+        self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
+        num_points: int,
+    ) -> None:
+        """Create ``cross_attn``, ``cross_attn_norm``, ``ffn`` and ``dropout``, in that order (the
+        order of their parameters in checkpoints and of their seeded initialisation). Called
+        by the subclass's ``__init__`` after its self-attention modules."""
+        self.cross_attn = MSDeformAttn(
+            dim=dim, num_heads=num_heads, num_levels=num_levels, num_points=num_points
+        )
+        self.cross_attn_norm = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def cross_attention_and_ffn(
+        self, query: Tensor, residual: Tensor, reference_points: Tensor, memory: Tensor,
+        levels: "FlattenedLevels",
+    ) -> Tensor:
+        """``ffn(cross_attn_norm(residual + dropout(cross_attn(query, ...))))``.
+
+        Args:
+            query: (B, Lq, C) queries, with their positions where the layer adds them;
+            residual: (B, Lq, C) what the attention's update is added to;
+            reference_points: (B, Lq, L, 2) points or (B, Lq, L, 4) boxes in the padded frame;
+            memory: (B, S, C) encoder output; levels: its geometry and padding mask.
+
+        Returns:
+            (B, Lq, C).
+        """
+        update = self.cross_attn(
+            query, reference_points, memory, levels.spatial_shapes, levels.level_start_index,
+            levels.value_mask,
+        )
+        return self.ffn(self.cross_attn_norm(residual + self.dropout(update)))

@@ -13,10 +13,10 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
-from grouppose.layers import Linear, MSDeformAttn
+from grouppose.layers import Linear
 from grouppose.modeling.blocks import (
     MLP,
-    FeedForward,
+    DeformableDecoderLayer,
     in_float32,
     init_transformer_layers,
     inverse_sigmoid,
@@ -65,7 +65,7 @@ def _attention(dim: int, num_heads: int, dropout: float) -> nn.MultiheadAttentio
     return nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
 
 
-class GroupPoseDecoderLayer(nn.Module):
+class GroupPoseDecoderLayer(DeformableDecoderLayer):
     """One post-norm Group Pose decoder layer.
 
     1. within-instance self-attention: N attentions, each over one person's K + 1 queries;
@@ -101,12 +101,7 @@ class GroupPoseDecoderLayer(nn.Module):
         if variant.self_attn != "group":
             self.self_attn = _attention(dim, num_heads, dropout)
             self.self_attn_norm = nn.LayerNorm(dim)
-        self.cross_attn = MSDeformAttn(
-            dim=dim, num_heads=num_heads, num_levels=num_levels, num_points=num_points
-        )
-        self.cross_attn_norm = nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, ffn_dim, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.add_cross_attention_and_ffn(dim, num_heads, ffn_dim, dropout, num_levels, num_points)
 
     def _self_attention(
         self, attn: nn.MultiheadAttention, norm: nn.LayerNorm, x: Tensor,
@@ -179,12 +174,8 @@ class GroupPoseDecoderLayer(nn.Module):
         B, N, G, C = queries.shape
         x = self.self_attention(queries)
         x = add_positions(x, positions, self.variant.positioned_slice).reshape(B, N * G, C)
-        update = self.cross_attn(
-            x, reference_points.flatten(1, 2), memory, levels.spatial_shapes,
-            levels.level_start_index, levels.value_mask,
-        )
-        x = self.cross_attn_norm(x + self.dropout(update))
-        return self.ffn(x).view(B, N, G, C)
+        x = self.cross_attention_and_ffn(x, x, reference_points.flatten(1, 2), memory, levels)
+        return x.view(B, N, G, C)
 
 
 @dataclass

@@ -20,10 +20,10 @@ from detectron2.config import CfgNode
 from torch import Tensor, nn
 
 from grouppose.config import attention_layer_args
-from grouppose.layers import Linear, MSDeformAttn
+from grouppose.layers import Linear
 from grouppose.modeling.blocks import (
     MLP,
-    FeedForward,
+    DeformableDecoderLayer,
     init_transformer_layers,
     inverse_sigmoid,
     person_prior_logit,
@@ -65,7 +65,7 @@ def box_position_encoding(boxes: Tensor, dim: int) -> Tensor:
     ], dim=-1)
 
 
-class HumanDetectionLayer(nn.Module):
+class HumanDetectionLayer(DeformableDecoderLayer):
     """Post-norm layer: self-attention over the box queries (position added to queries and
     keys), deformable cross-attention around each box, FFN; each followed by add & LayerNorm."""
 
@@ -76,12 +76,7 @@ class HumanDetectionLayer(nn.Module):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.self_attn_norm = nn.LayerNorm(dim)
-        self.cross_attn = MSDeformAttn(
-            dim=dim, num_heads=num_heads, num_levels=num_levels, num_points=num_points
-        )
-        self.cross_attn_norm = nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, ffn_dim, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.add_cross_attention_and_ffn(dim, num_heads, ffn_dim, dropout, num_levels, num_points)
 
     def forward(
         self, content: Tensor, pos: Tensor, boxes: Tensor, memory: Tensor, levels: FlattenedLevels
@@ -98,12 +93,7 @@ class HumanDetectionLayer(nn.Module):
         query = content + pos
         update = self.self_attn(query, query, content, need_weights=False)[0]
         x = self.self_attn_norm(content + self.dropout(update))
-        update = self.cross_attn(
-            x + pos, boxes, memory, levels.spatial_shapes, levels.level_start_index,
-            levels.value_mask,
-        )
-        x = self.cross_attn_norm(x + self.dropout(update))
-        return self.ffn(x)
+        return self.cross_attention_and_ffn(x + pos, x, boxes, memory, levels)
 
 
 @dataclass
