@@ -15,7 +15,9 @@ off, so that inference computes as training does (PyTorch's own inference kernel
 import contextlib
 from typing import Iterator
 
-__all__ = ["fast_paths_enabled", "plain_inference"]
+import torch
+
+__all__ = ["fast_paths_active", "fast_paths_enabled", "plain_inference"]
 
 _enabled = True
 
@@ -23,6 +25,12 @@ _enabled = True
 def fast_paths_enabled() -> bool:
     """Whether the inference fast paths may run (outside ``plain_inference``)."""
     return _enabled
+
+
+def fast_paths_active() -> bool:
+    """Whether a fast path runs now: no gradient is recorded and ``plain_inference`` is off.
+    Each fast path adds its own conditions (device, tracing) to this one."""
+    return _enabled and not torch.is_grad_enabled()
 
 
 @contextlib.contextmanager

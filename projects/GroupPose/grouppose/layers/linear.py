@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grouppose.layers.fast_paths import fast_paths_enabled
+from grouppose.layers.fast_paths import fast_paths_active
 from grouppose.layers.parameter_cache import ParameterCache
 
 __all__ = ["Linear", "linear", "runs_onednn"]
@@ -32,9 +32,8 @@ def runs_onednn(x: Tensor) -> bool:
     (which must see standard ops whose shapes they can generalise)."""
     return (
         _ONEDNN_LINEAR is not None
-        and fast_paths_enabled()
+        and fast_paths_active()
         and x.device.type == "cpu"
-        and not torch.is_grad_enabled()
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
     )

@@ -12,7 +12,7 @@ from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from grouppose.config import INFERENCE_DTYPES, attention_layer_args, check_grouppose_config
-from grouppose.layers import fast_paths_enabled
+from grouppose.layers.fast_paths import fast_paths_active
 from grouppose.modeling.backbone import InputProjection, use_affine_frozen_batch_norm
 from grouppose.modeling.criterion import SetCriterion, build_criterion, build_targets
 from grouppose.modeling.decoder import DecoderOutput, GroupPoseDecoder
@@ -71,7 +71,7 @@ def _backbone_layout(images: Tensor) -> Tensor:
     faster on it, the feature maps keep it, and flattening them into tokens then needs no copy.
     Training keeps PyTorch's default layout (the layout of the official gradients).
     """
-    if images.device.type == "cpu" and not torch.is_grad_enabled() and fast_paths_enabled():
+    if images.device.type == "cpu" and fast_paths_active():
         return images.contiguous(memory_format=torch.channels_last)
     return images
 

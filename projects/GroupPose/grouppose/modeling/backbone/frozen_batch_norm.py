@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import Tensor, nn
 
-from grouppose.layers.fast_paths import fast_paths_enabled
+from grouppose.layers.fast_paths import fast_paths_active
 from grouppose.layers.parameter_cache import ParameterCache
 
 
@@ -60,7 +60,7 @@ class FrozenBNConv2d(Conv2d):
         return self._folded.get(sources, fold, variant=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or not fast_paths_enabled():
+        if not fast_paths_active():
             return super().forward(x)
         device = x.device.type
         dtype = (
