@@ -159,3 +159,18 @@ def test_every_fast_mode_keeps_a_trained_models_poses_and_ap(overfit_model, tmp_
         assert results[mode]["min OKS"] >= MIN_OKS, mode
         assert abs(results[mode]["AP change"]) <= 0.3, mode
     assert status == 0
+
+
+def test_a_mode_without_top_poses_is_judged_by_its_ap_alone(overfit_model, capsys):
+    """No reference pose scores above 1: no pose to compare, the AP bound still applies."""
+    cfg, weights = overfit_model
+    with torch_threads(2):
+        status = check_inference_modes.main([
+            "--config-file", str(TINY_CONFIG), "--weights", str(weights),
+            "--dataset", TRAIN_SET, "--modes", "fp32", "--min-score", "1.01",
+            "--opts", *FAST_OPTS,
+        ])
+    assert "| +0.00 | no top poses |" in capsys.readouterr().out
+    assert check_inference_modes.summarize("fp32", 50.0, 50.0, []) == {
+        "mode": "fp32", "AP": 50.0, "AP change": 0.0, "poses": 0}
+    assert status == 0
