@@ -39,6 +39,7 @@ def test_every_cpu_mode_is_measured_with_its_statistics(results):
         assert len(r["latencies_ms"]) == 2
         assert min(r["latencies_ms"]) <= r["latency_ms"] <= max(r["latencies_ms"])
         assert r["people"] == NUM_INSTANCES
+        assert r["cpu"]["model"] and r["cpu"]["torch_cpu_capability"]
         if r["mode"] == "onnxruntime":  # one graph: no per-stage split; its arena stays
             assert r["stages_ms"] is None and r["inference_memory_mib"] is None
         else:
@@ -58,6 +59,9 @@ def test_roofline_ratio_is_latency_over_the_measured_gemm_time(results):
 def test_the_table_shows_every_mode_side_by_side(results, capsys):
     bench.print_results(results)
     table = capsys.readouterr().out
+    # The header names the CPU and its GEMM rates: a figure holds on that CPU alone.
+    assert f"CPU: {results[0]['cpu']['model']} (ISA: " in table
+    assert "GEMM 2048^3 GFLOP/s (64x96 rounds' median): fp32 " in table
     assert "x fp32 GEMM roofline" in table and "speed-up over reference" in table
     assert "| 64x96 | fp32 (default) | fp32 |" in table
     assert "| 64x96 | reference | fp32 |" in table and "1.00x" in table

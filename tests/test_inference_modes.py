@@ -19,6 +19,7 @@ from grouppose.checkpoint import convert_official_checkpoint
 from grouppose.engine import Trainer
 from grouppose.inference_modes import (
     _OP_MODULE,
+    PoseAgreement,
     inference_mode,
     pose_agreement,
 )
@@ -34,6 +35,7 @@ spec.loader.exec_module(check_inference_modes)
 
 SIGMAS = default_oks_sigmas(17)
 MIN_OKS = check_inference_modes.MIN_OKS
+MAX_SCORE_CHANGE = check_inference_modes.MAX_SCORE_CHANGE
 
 
 @contextlib.contextmanager
@@ -81,11 +83,14 @@ def test_pose_agreement_pairs_each_top_pose_with_its_counterpart():
     # lowest-scoring one missing.
     moved = poses[2] + 5
     other = instances(torch.stack([moved, poses[0]]), [0.6, 0.8])
-    agreement = pose_agreement(reference, other, SIGMAS, top_k=3)
+    agreement, score_change = pose_agreement(reference, other, SIGMAS, top_k=3)
     assert agreement[0] == pytest.approx(1.0, abs=1e-6)  # best pose, found exactly
     assert 0.1 < agreement[1] < 0.99  # second best (score 0.7): the moved pose
     assert agreement[2] == 0.0  # nothing left for it
-    assert pose_agreement(reference, other, SIGMAS, top_k=1).tolist() == agreement[:1].tolist()
+    # |0.8 - 0.9|, |0.6 - 0.7|, and 1 for the pose without a counterpart.
+    assert score_change.tolist() == pytest.approx([0.1, 0.1, 1.0], abs=1e-6)
+    first = pose_agreement(reference, other, SIGMAS, top_k=1)
+    assert first.oks.tolist() == agreement[:1].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +113,7 @@ def outputs_per_mode(reference_dir) -> Dict[str, list]:
 
 def agreement_with_reference(outputs_per_mode, mode: str, top_k: int = 10) -> torch.Tensor:
     return torch.cat([
-        pose_agreement(reference["instances"], other["instances"], SIGMAS, top_k)
+        pose_agreement(reference["instances"], other["instances"], SIGMAS, top_k).oks
         for reference, other in zip(outputs_per_mode["reference"], outputs_per_mode[mode])
     ])
 
@@ -140,16 +145,19 @@ def overfit_model(tmp_path_factory):
     return cfg, root / "output" / "model_final.pth"
 
 
-def test_every_fast_mode_keeps_a_trained_models_poses_and_ap(overfit_model, tmp_path):
-    """check_inference_modes.py's bounds: each top pose (score >= 0.3) at OKS >= 0.99 with the
-    reference's, keypoint AP within 0.3 points."""
+def test_every_fast_mode_keeps_a_trained_models_poses_and_scores(overfit_model, tmp_path):
+    """check_inference_modes.py's per-pose bounds: each top pose (score >= 0.3) at OKS >= 0.99
+    with the reference's and its score within MAX_SCORE_CHANGE. Not the AP bound: on these ~40
+    poses one swap of two near-equal scores, whose rounding differs between CPUs (oneDNN picks
+    its kernels by the CPU's ISA), moves AP by ~0.5 points; the AP claim is the benchmark's, on
+    550 poses (docs/benchmarks/inference_modes.json)."""
     cfg, weights = overfit_model
     results_file = tmp_path / "modes.json"
     with torch_threads(2):
         status = check_inference_modes.main([
             "--config-file", str(TINY_CONFIG), "--weights", str(weights),
             "--dataset", TRAIN_SET, "--modes", "fp32", "bf16", "fp16", "--top-k", "5",
-            "--json", str(results_file), "--opts", *FAST_OPTS,
+            "--max-ap-change", "100", "--json", str(results_file), "--opts", *FAST_OPTS,
         ])
     results = {r["mode"]: r for r in json.loads(results_file.read_text())}
     print(json.dumps(results, indent=1))
@@ -157,7 +165,7 @@ def test_every_fast_mode_keeps_a_trained_models_poses_and_ap(overfit_model, tmp_
     for mode in ("fp32", "bf16", "fp16"):
         assert results[mode]["poses"] >= 16  # at least one top pose per image
         assert results[mode]["min OKS"] >= MIN_OKS, mode
-        assert abs(results[mode]["AP change"]) <= 0.3, mode
+        assert results[mode]["max score change"] <= MAX_SCORE_CHANGE, mode
     assert status == 0
 
 
@@ -170,7 +178,8 @@ def test_a_mode_without_top_poses_is_judged_by_its_ap_alone(overfit_model, capsy
             "--dataset", TRAIN_SET, "--modes", "fp32", "--min-score", "1.01",
             "--opts", *FAST_OPTS,
         ])
-    assert "| +0.00 | no top poses |" in capsys.readouterr().out
-    assert check_inference_modes.summarize("fp32", 50.0, 50.0, []) == {
+    assert "| +0.00 | no top poses | | | |" in capsys.readouterr().out
+    empty = PoseAgreement(torch.zeros(0), torch.zeros(0))
+    assert check_inference_modes.summarize("fp32", 50.0, 50.0, empty) == {
         "mode": "fp32", "AP": 50.0, "AP change": 0.0, "poses": 0}
     assert status == 0

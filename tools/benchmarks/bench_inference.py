@@ -53,6 +53,7 @@ from fvcore.nn.jit_handles import get_shape
 
 import grouppose.modeling.meta_arch as meta_arch
 from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
+from grouppose.collect_env import cpu_info, format_cpu_info
 from grouppose.deploy import OnnxPosePredictor, export_onnx
 from grouppose.export import GroupPoseExportModule
 from grouppose.inference_modes import (
@@ -63,6 +64,7 @@ from grouppose.inference_modes import (
     check_mode,
     inference_mode,
 )
+from grouppose.modeling.inference_precision import matmul_gflops
 from grouppose.predictor import build_inference_config
 
 # Model parts per stage, in order; the rest of the forward (normalisation and padding, masks,
@@ -150,14 +152,9 @@ def device_time(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def gemm_gflops(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
+def gemm_gflops(device: torch.device, dtype: torch.dtype) -> float:
     """Throughput of a large matmul on ``device`` (GFLOP/s, 2 flops per multiply-add)."""
-    a, b = (torch.randn(GEMM_SIZE, GEMM_SIZE, device=device).to(dtype) for _ in range(2))
-    torch.matmul(a, b)
-    start = device_time(device)
-    for _ in range(repeats):
-        torch.matmul(a, b)
-    return repeats * 2 * GEMM_SIZE**3 / (device_time(device) - start) / 1e9
+    return matmul_gflops(device, dtype, (GEMM_SIZE,) * 3, repeats=3)
 
 
 class MemoryMeter:
@@ -392,6 +389,7 @@ def run_worker(spec: Dict) -> List[Dict]:
             "inference_memory_mib": memory.get(name),
             "people": people[name],
             "gemm_gflops": gemm_median,
+            "cpu": cpu_info(),
         }
         if device.type == "cuda":
             tf32 = result["dtype"] == "tf32"
@@ -460,6 +458,10 @@ def size_label(result: Dict) -> str:
 
 def print_results(results: List[Dict]) -> None:
     ok = [r for r in results if "error" not in r]
+    if ok:
+        gemm = ", ".join(f"{dtype} {value:.0f}" for dtype, value in ok[0]["gemm_gflops"].items())
+        print(f"\nCPU: {format_cpu_info(ok[0]['cpu'])}\nGEMM {GEMM_SIZE}^3 GFLOP/s "
+              f"({ok[0]['size'][0]}x{ok[0]['size'][1]} rounds' median): {gemm}")
     print("\n| size | mode | dtype | latency ms (median) | spread ms (min-max) | FPS "
           "| x fp32 GEMM roofline | speed-up over reference | inference memory MiB |")
     print("| --- " * 9 + "|")

@@ -15,6 +15,12 @@ from importlib import metadata
 from typing import Dict, List, Tuple
 
 OPTIONAL_PACKAGES = ("numpy", "PIL", "cv2", "scipy", "pycocotools", "xtcocotools", "timm")
+# The /proc/cpuinfo flags that decide which kernels oneDNN runs for fp32 / bf16 / fp16 GEMMs
+# and convolutions (a figure measured on one CPU holds on another only if these agree).
+CPU_ISA_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+    "amx_tile", "amx_bf16", "amx_fp16", "amx_int8",
+)
 
 
 @functools.cache
@@ -93,6 +99,43 @@ def op_extension_info() -> str:
     return "built, kernels: " + (", ".join(devices) or "none registered")
 
 
+def cpu_info() -> Dict[str, object]:
+    """This CPU: its model name, the CPU_ISA_FLAGS it has, the ISA PyTorch's own kernels use and
+    ``ONEDNN_MAX_CPU_ISA`` (which caps oneDNN's kernels) when set. Linux reads /proc/cpuinfo;
+    elsewhere the model is ``platform.processor()`` and the flags are unknown (None)."""
+    import os
+
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), None
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = {
+                key.strip(): value.strip()
+                for key, _, value in (line.partition(":") for line in f) if value
+            }
+        model = fields.get("model name", model)
+        present = set(fields.get("flags", "").split())
+        flags = [flag for flag in CPU_ISA_FLAGS if flag in present]
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "isa_flags": flags,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+    }
+
+
+def format_cpu_info(info: Dict[str, object]) -> str:
+    """One line: model, ISA flags, PyTorch's capability and the oneDNN cap if any."""
+    flags = "unknown" if info["isa_flags"] is None else " ".join(info["isa_flags"]) or "none"
+    line = f"{info['model']} (ISA: {flags}; torch kernels: {info['torch_cpu_capability']}"
+    if info["onednn_max_cpu_isa"]:
+        line += f"; ONEDNN_MAX_CPU_ISA={info['onednn_max_cpu_isa']}"
+    return line + ")"
+
+
 def collect_env_info() -> List[Tuple[str, str]]:
     import torch
 
@@ -102,6 +145,7 @@ def collect_env_info() -> List[Tuple[str, str]]:
         ("sys.platform", sys.platform),
         ("Python", sys.version.replace("\n", " ")),
         ("machine", platform.machine()),
+        ("CPU", format_cpu_info(cpu_info())),
         ("grouppose", f"{grouppose.__version__} @ {grouppose.__path__[0]}"),
         ("grouppose._C", op_extension_info()),
         ("torch", f"{torch.__version__} @ {torch.__path__[0]}"),

@@ -16,6 +16,9 @@ from grouppose.modeling.variants import DecoderVariant, config_key
 
 # MODEL.GROUP_POSE.INFERENCE_PRECISION -> the autocast dtype of inference (None: float32).
 INFERENCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# ... or chosen per device by measurement (grouppose.modeling.inference_precision).
+AUTO_PRECISION = "auto"
+INFERENCE_PRECISIONS = (*INFERENCE_DTYPES, AUTO_PRECISION)
 
 
 def add_grouppose_config(cfg: CfgNode) -> None:
@@ -57,8 +60,8 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     # (at most NUM_INSTANCES: the model predicts no more).
     gp.TEST_TOPK = 50
     gp.TEST_SCORE_THRESH = 0.0
-    # Precision of inference (training: SOLVER.AMP): "fp32", or "bf16" / "fp16" autocast (bf16
-    # for CPUs with AVX512-BF16 / AMX and for GPUs; sampling positions stay float32).
+    # Precision of inference (training: SOLVER.AMP): "fp32", "bf16" / "fp16" autocast (sampling
+    # positions stay float32), or "auto": bf16 where this device's bf16 matmuls measure faster.
     gp.INFERENCE_PRECISION = "fp32"
     # Ablation switches (paper Table 4, Appendix A); the defaults are the paper's model. Their
     # meanings and valid combinations: grouppose.modeling.variants.DecoderVariant.
@@ -194,7 +197,7 @@ _RULES: Dict[str, _Rule] = {
     "TEST_TOPK": _integer(1),
     "TEST_SCORE_THRESH": _UNIT_INTERVAL,
     "INFERENCE_PRECISION": _Rule(
-        f"one of {sorted(INFERENCE_DTYPES)}", lambda v: v in INFERENCE_DTYPES
+        f"one of {list(INFERENCE_PRECISIONS)}", lambda v: v in INFERENCE_PRECISIONS
     ),
     "DETECTION_DECODER_LAYERS": _integer(0),
 }

@@ -11,7 +11,7 @@ computes as the official implementation does. The benchmarks time the modes
 import contextlib
 import importlib
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Tuple
 from unittest import mock
 
 import torch
@@ -27,6 +27,7 @@ __all__ = [
     "MODES",
     "Mode",
     "OUT_OF_THE_BOX_MODE",
+    "PoseAgreement",
     "REFERENCE_MODE",
     "check_mode",
     "inference_mode",
@@ -90,9 +91,17 @@ def inference_mode(model: nn.Module, name: str) -> Iterator[None]:
         yield
 
 
+class PoseAgreement(NamedTuple):
+    """Per top pose of the reference, (t,) each: the OKS with its counterpart and the absolute
+    change of its score (0 and 1 when the other mode has no pose left for it)."""
+
+    oks: Tensor
+    score_change: Tensor
+
+
 def pose_agreement(
     reference: Instances, other: Instances, sigmas: Tensor, top_k: int, min_score: float = 0.0
-) -> Tensor:
+) -> PoseAgreement:
     """How closely ``other`` reproduces the best poses of ``reference`` (one image).
 
     The reference's top poses are its ``top_k`` highest-scoring ones that score at least
@@ -107,11 +116,12 @@ def pose_agreement(
         sigmas: (K,) OKS sigmas.
 
     Returns:
-        (t,) OKS of each top reference pose with its counterpart (0 when ``other`` has no pose
-        left), t <= top_k.
+        the OKS and the score change of each top reference pose and its counterpart (t <=
+        top_k poses, in the reference's score order).
     """
     scores, order = reference.scores.sort(descending=True)
-    order = order[:top_k][scores[:top_k] >= min_score]
+    keep = scores[:top_k] >= min_score
+    order, scores = order[:top_k][keep], scores[:top_k][keep].float()
     poses = reference.pred_keypoints[order, :, :2].float()
     extent = poses.amax(dim=1) - poses.amin(dim=1)  # (t, 2) width, height of the pose's box
     visible = torch.ones(poses.shape[:2], device=poses.device)
@@ -120,10 +130,12 @@ def pose_agreement(
         sigmas.to(poses.device),
     )  # (n_other, t)
     agreement = torch.zeros(len(order), device=poses.device)
+    score_change = torch.ones(len(order), device=poses.device)
     taken = torch.zeros(len(other), dtype=torch.bool, device=poses.device)
     for index in range(len(order)):
         candidates = oks[:, index].masked_fill(taken, -1.0)
         if len(candidates) and candidates.max() >= 0:
             best = candidates.argmax()
             agreement[index], taken[best] = candidates[best], True
-    return agreement
+            score_change[index] = (other.scores[best].float() - scores[index]).abs()
+    return PoseAgreement(agreement, score_change)

@@ -11,7 +11,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
-from grouppose.config import INFERENCE_DTYPES, attention_layer_args, check_grouppose_config
+from grouppose.config import attention_layer_args, check_grouppose_config
 from grouppose.layers.fast_paths import fast_paths_active
 from grouppose.modeling.backbone import InputProjection, use_affine_frozen_batch_norm
 from grouppose.modeling.criterion import SetCriterion, build_criterion, build_targets
@@ -24,6 +24,7 @@ from grouppose.modeling.detection_decoder import (
     proposal_boxes,
 )
 from grouppose.modeling.encoder import DeformableEncoder, FlattenedLevels, flatten_levels
+from grouppose.modeling.inference_precision import resolve_inference_dtype
 from grouppose.modeling.position_encoding import feature_map_position_encoding
 from grouppose.modeling.postprocess import PIXEL_CENTER_OFFSET, poses_to_instances
 from grouppose.modeling.query_selection import (
@@ -213,7 +214,9 @@ class GroupPose(nn.Module):
             "aux_loss": gp.AUX_LOSS,
             "test_topk": gp.TEST_TOPK,
             "test_score_thresh": gp.TEST_SCORE_THRESH,
-            "inference_dtype": INFERENCE_DTYPES[gp.INFERENCE_PRECISION],
+            "inference_dtype": resolve_inference_dtype(
+                gp.INFERENCE_PRECISION, torch.device(cfg.MODEL.DEVICE)
+            ),
         }
 
     @property
