@@ -120,8 +120,8 @@ def test_steps_match_however_the_batch_is_split(tmp_path):
     same losses per step, and the processes exchange gradients once per step."""
     cfg = tiny_training_config(tmp_path / "data", tmp_path / "check",
                                [*EXACT_OPTS, "SOLVER.IMS_PER_BATCH", "8"])
-    batches = iter(Trainer.build_train_loader(cfg))
-    people = [people_in(next(batches)[index:index + 2]) for index in range(0, 8, 2)]
+    first_step = next(iter(Trainer.build_train_loader(cfg)))
+    people = [people_in(first_step[index:index + 2]) for index in range(0, 8, 2)]
     # micro-batches with different people counts: a per-micro-batch normaliser would differ
     assert len(set(people)) > 1, people
 
