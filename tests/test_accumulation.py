@@ -15,6 +15,7 @@ from training_utils import REPO_ROOT, subprocess_env, tiny_training_config
 from grouppose.config import get_grouppose_cfg
 from grouppose.engine import Trainer
 from grouppose.engine.accumulation import micro_batches_per_step, people_in
+from grouppose.modeling.criterion import num_people_across_workers, step_normaliser
 
 # Run as a script: torch.multiprocessing starts the workers by importing its __main__.
 TRAIN_SCRIPT = textwrap.dedent(
@@ -193,3 +194,13 @@ def test_reference_world_size_is_refused(tmp_path):
                                ["SOLVER.REFERENCE_WORLD_SIZE", "8"])
     with pytest.raises(ValueError, match="REFERENCE_WORLD_SIZE .*SOLVER.IMS_PER_DEVICE"):
         Trainer(cfg)
+
+
+def test_step_normaliser_replaces_the_batch_normaliser():
+    targets = [{"keypoints": torch.zeros(3, 17, 2)}]
+    assert num_people_across_workers(targets, torch.device("cpu")) == 3
+    with step_normaliser(7.5):
+        assert num_people_across_workers(targets, torch.device("cpu")) == 7.5
+    with step_normaliser(0.0):  # a step without people: 1, as a batch without people
+        assert num_people_across_workers(targets, torch.device("cpu")) == 1
+    assert num_people_across_workers(targets, torch.device("cpu")) == 3
