@@ -97,6 +97,9 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # lr factor of `backbone.*` parameters
     cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1  # lr factor of parameters in modules named ...
     cfg.SOLVER.LINEAR_PROJ_NAMES = ["sampling_offsets", "reference_points"]  # ... these
+    # Images per forward pass of one process; 0: IMS_PER_BATCH / processes. Fewer accumulate
+    # gradients over IMS_PER_BATCH / (processes x IMS_PER_DEVICE) passes per optimizer step.
+    cfg.SOLVER.IMS_PER_DEVICE = 0
     # Input keys of the paper's crop branch (grouppose.data.build_augmentation).
     cfg.INPUT.CROP_RESIZE_SIZES = (400, 500, 600)  # short sides of the resize before the crop
     cfg.INPUT.CROP_PROB = 0.5  # probability of the crop branch

@@ -14,6 +14,7 @@ import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
 
+from grouppose.engine.accumulation import AMPGradientAccumulation, GradientAccumulation
 from grouppose.modeling.criterion import DIVERGENCE_ADVICE
 
 __all__ = ["NonFiniteLossError", "check_losses_finite", "training_step_class"]
@@ -64,12 +65,12 @@ class _NonFiniteLossGuard:
         super()._write_metrics(loss_dict, *args, **kwargs)
 
 
-class GuardedSimpleTrainer(_NonFiniteLossGuard, SimpleTrainer):
-    """SimpleTrainer that stops on a non-finite loss term."""
+class GuardedSimpleTrainer(_NonFiniteLossGuard, GradientAccumulation, SimpleTrainer):
+    """SimpleTrainer that stops on a non-finite loss term and can accumulate gradients."""
 
 
-class GuardedAMPTrainer(_NonFiniteLossGuard, AMPTrainer):
-    """AMPTrainer that stops on a non-finite loss term."""
+class GuardedAMPTrainer(_NonFiniteLossGuard, AMPGradientAccumulation, AMPTrainer):
+    """AMPTrainer that stops on a non-finite loss term and can accumulate gradients."""
 
 
 def training_step_class(amp: bool) -> Type[SimpleTrainer]:

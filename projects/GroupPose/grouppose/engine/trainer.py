@@ -23,6 +23,7 @@ from torch import nn
 
 from grouppose.checkpoint import SafeCheckpointer
 from grouppose.data import GroupPoseDatasetMapper
+from grouppose.engine.accumulation import micro_batches_per_step
 from grouppose.engine.data_stream import TrainingBatches
 from grouppose.engine.optimizer import build_optimizer
 from grouppose.engine.train_loop import training_step_class
@@ -93,6 +94,14 @@ def check_training_config(cfg: CfgNode) -> None:
             f"DATALOADER.SAMPLER_TRAIN '{cfg.DATALOADER.SAMPLER_TRAIN}' is not supported; "
             "Group Pose training samples uniformly ('TrainingSampler')"
         )
+    if cfg.SOLVER.REFERENCE_WORLD_SIZE:
+        # Detectron2's auto-scaling changes the batch and the learning rate: another recipe.
+        raise ValueError(
+            f"SOLVER.REFERENCE_WORLD_SIZE ({cfg.SOLVER.REFERENCE_WORLD_SIZE}) is not supported: "
+            "it would change the batch and learning rate of the recipe. Keep "
+            "SOLVER.IMS_PER_BATCH and set SOLVER.IMS_PER_DEVICE to the images that fit on one "
+            "device; the trainer accumulates gradients up to IMS_PER_BATCH"
+        )
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise ValueError(
             f"SOLVER.AMP.ENABLED needs a CUDA device, but MODEL.DEVICE is '{cfg.MODEL.DEVICE}'"
@@ -111,27 +120,30 @@ def wrap_distributed(model: nn.Module, cfg: CfgNode) -> nn.Module:
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with Group Pose's mapper, keypoint evaluators, the paper's optimizer, a
-    resumable data stream, a non-finite-loss guard, checkpoints that include the optimizer (and
-    AMP grad scaler) state, CPU multi-process training, and weights read without running code
-    from them unless ``trust_pickle`` (see ``SafeCheckpointer``).
+    resumable data stream, gradient accumulation (SOLVER.IMS_PER_DEVICE, see
+    grouppose.engine.accumulation), a non-finite-loss guard, checkpoints that include the
+    optimizer (and AMP grad scaler) state, CPU multi-process training, and weights read without
+    running code from them unless ``trust_pickle`` (see ``SafeCheckpointer``).
 
     ``__init__``, ``build_model`` and ``test`` set up the grouppose logger for cfg.OUTPUT_DIR
     (``setup_grouppose_logger``): training constructs a Trainer, --eval-only only calls the
     latter two."""
 
     def __init__(self, cfg: CfgNode, *, trust_pickle: bool = False):
-        # DefaultTrainer.__init__, with the guarded step and CPU-capable DDP.
+        # DefaultTrainer.__init__, with the guarded, accumulating step and CPU-capable DDP, and
+        # without auto_scale_workers (check_training_config refuses REFERENCE_WORLD_SIZE).
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         setup_grouppose_logger(cfg.OUTPUT_DIR)
         check_training_config(cfg)
-        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        micro_batches = micro_batches_per_step(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = wrap_distributed(model, cfg)
         self._trainer = training_step_class(cfg.SOLVER.AMP.ENABLED)(model, data_loader, optimizer)
+        self._trainer.micro_batches = micro_batches
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer(
             model, cfg.OUTPUT_DIR, trust_pickle=trust_pickle, trainer=weakref.proxy(self)

@@ -5,7 +5,9 @@ the same with suffix `_{i}` for earlier decoder layer i (`aux_outputs[i]`) and `
 encoder (two-stage) prediction. Each set of predictions gets its own Hungarian matching.
 """
 
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -142,10 +144,27 @@ def expand_weight_dict(
     return weights
 
 
+# Set by ``step_normaliser``: the loss normaliser of the whole optimizer step, None = the batch's.
+_STEP_NORMALISER: ContextVar[Optional[float]] = ContextVar("step_normaliser", default=None)
+
+
+@contextmanager
+def step_normaliser(people_per_worker: float) -> Iterator[None]:
+    """Normalise the losses computed in the block by ``max(people_per_worker, 1)`` instead of
+    by their own batch's people: with gradient accumulation, every micro-batch of an optimizer
+    step shares the normaliser of the whole step (grouppose.engine.accumulation)."""
+    token = _STEP_NORMALISER.set(max(people_per_worker, 1.0))
+    try:
+        yield
+    finally:
+        _STEP_NORMALISER.reset(token)
+
+
 def num_people_across_workers(
     targets: List[Dict[str, Tensor]], device: torch.device, diverged: Sequence[str] = ()
 ) -> float:
-    """Average number of people per worker, at least 1 (the loss normaliser).
+    """Average number of people per worker, at least 1 (the loss normaliser); inside
+    ``step_normaliser``, that of the whole optimizer step instead.
 
     Averaging (all-reduce sum / world size) keeps every worker's losses on the same scale, as the
     official DETR-family training does. The same all-reduce tells every worker whether any
@@ -173,7 +192,8 @@ def num_people_across_workers(
         raise NonFinitePredictionError(
             f"Non-finite predictions{_training_iteration()}: {where}. {DIVERGENCE_ADVICE}"
         )
-    return max(count / world_size, 1.0)
+    step = _STEP_NORMALISER.get()
+    return max(count / world_size, 1.0) if step is None else step
 
 
 def output_name(suffix: str) -> str:
