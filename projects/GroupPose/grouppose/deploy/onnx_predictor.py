@@ -25,6 +25,7 @@ from grouppose.deploy.metadata import (
     OUTPUT_NAMES,
     DeployMetadata,
     PosePrediction,
+    check_score_threshold,
     resized_shape,
 )
 from grouppose.image_io import ImageLike, to_bgr_uint8
@@ -56,11 +57,12 @@ class OnnxPosePredictor:
         path: file written by ``tools/export_onnx.py`` / ``grouppose.deploy.export_onnx``.
         num_threads: ONNX Runtime intra-op threads (None: its default, one per physical core).
         provider: "cpu", "cuda", or the name of any ONNX Runtime execution provider.
-        score_threshold: overrides the file's ``TEST_SCORE_THRESH`` when given.
+        score_threshold: overrides the file's ``TEST_SCORE_THRESH`` when given (in [0, 1]).
 
     Raises:
         ValueError naming the file when it is missing, not ONNX, or not a Group Pose export
-        (no ``grouppose`` metadata); ImportError with the install hint without onnxruntime.
+        (no ``grouppose`` metadata), or for a ``score_threshold`` outside [0, 1]; ImportError
+        with the install hint without onnxruntime.
     """
 
     def __init__(
@@ -70,6 +72,8 @@ class OnnxPosePredictor:
         provider: str = "cpu",
         score_threshold: Optional[float] = None,
     ):
+        if score_threshold is not None:
+            score_threshold = check_score_threshold(score_threshold)
         ort = _import_onnxruntime()
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
