@@ -300,6 +300,20 @@ def test_predictor_names_missing_and_foreign_files(tmp_path):
         OnnxPosePredictor(tmp_path / "text.onnx")
 
 
+@pytest.mark.parametrize("threshold", [-1, 2, 1.5, "0.5"])
+def test_score_threshold_outside_0_1_is_refused(threshold, tmp_path):
+    with pytest.raises(ValueError, match=r"score_threshold must be a number in \[0, 1\].*got"):
+        OnnxPosePredictor(tmp_path / "model.onnx", score_threshold=threshold)
+
+
+def test_score_threshold_accepts_ints(reference_export):
+    _, path, _ = reference_export
+    for threshold in (0, 1):
+        predictor = OnnxPosePredictor(path, score_threshold=threshold)
+        assert predictor.score_threshold == threshold
+        assert isinstance(predictor.score_threshold, float)
+
+
 def test_bad_metadata_is_named_with_its_file_and_field():
     good = DeployMetadata(num_keypoints=17, test_topk=20, test_score_thresh=0.0).to_json()
     assert DeployMetadata.from_json(good, "m.onnx").num_keypoints == 17
