@@ -256,7 +256,8 @@ def test_build_inference_config_falls_back_to_cpu_without_cuda(tiny_config_file)
 @pytest.mark.parametrize("threshold", [0, 1, np.float32(0.5)])
 def test_score_threshold_accepts_ints_and_numpy_numbers(tiny_config_file, threshold):
     predictor = GroupPosePredictor(tiny_config_file, score_threshold=threshold)
-    assert predictor.cfg.MODEL.GROUP_POSE.TEST_SCORE_THRESH == float(threshold)
+    threshold_in_config = predictor.cfg.MODEL.GROUP_POSE.TEST_SCORE_THRESH
+    assert threshold_in_config == float(threshold)
 
 
 @pytest.mark.parametrize("threshold", [-1, 2, 1.5, "0.5", True])

@@ -22,8 +22,7 @@ from detectron2.structures import Instances
 
 from grouppose.checkpoint import SafeCheckpointer
 from grouppose.config import fall_back_to_cpu, get_grouppose_cfg
-# Also the ONNX predictor's result and threshold check.
-from grouppose.deploy.metadata import PosePrediction, check_score_threshold
+from grouppose.deploy.metadata import PosePrediction, check_score_threshold  # shared with ONNX
 from grouppose.image_io import ImageLike, to_bgr_uint8
 
 __all__ = [
