@@ -4,13 +4,17 @@
         --input photos/ "more/*.jpg" --output vis/ --opts MODEL.WEIGHTS model.pth
     python demo.py --config-file ... --video-input clip.mp4 --output clip_poses.mp4 --opts ...
     python demo.py --onnx grouppose.onnx --input photos/ --output vis/   # ONNX Runtime
+    python demo.py --config-file ... --dataset my_val=val.json:images/ --input photos/ \
+        --output vis/ --opts MODEL.WEIGHTS model.pth DATASETS.TEST "('my_val',)" ...
 
 
 Without --output the results are shown in a window (needs OpenCV with GUI support). MODEL.WEIGHTS
 must be a trained Group Pose checkpoint (convert an official one with
 tools/convert_official_checkpoint.py); it is read without running code from it unless
 --trust-pickle is given. With --onnx a file written by tools/export_onnx.py runs in ONNX Runtime
-instead (grouppose.deploy.OnnxPosePredictor; --opts and --trust-pickle do not apply).
+instead (grouppose.deploy.OnnxPosePredictor; --opts and --trust-pickle do not apply). Poses are
+drawn with the keypoint names and skeleton of DATASETS.TEST[0], which --dataset can register from
+a COCO-format json (see grouppose.data.command_line).
 """
 
 import argparse
@@ -25,6 +29,7 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from grouppose.checkpoint import add_trust_pickle_argument
+from grouppose.data.command_line import add_dataset_arguments, register_command_line_datasets
 from grouppose.deploy import OnnxPosePredictor
 from grouppose.image_io import IMAGE_EXTENSIONS, read_image
 from grouppose.no_overwrite import check_not_overwriting
@@ -63,6 +68,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--confidence-threshold", type=float, default=0.5, help="minimum score of a drawn pose"
     )
     add_trust_pickle_argument(parser)
+    add_dataset_arguments(parser)
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
     )
@@ -284,6 +290,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         paths = expand_inputs(args.input) if args.input else []
         check_output(args.output, args.input or [], paths, args.video_input)
+        register_command_line_datasets(args.dataset, args.dataset_meta)
         demo = VisualizationDemo(build_predictor(args))
         if args.input:
             return run_on_images(demo, paths, args.output)

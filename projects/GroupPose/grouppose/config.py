@@ -3,7 +3,7 @@
 import logging
 import math
 import os
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -230,13 +230,14 @@ def check_grouppose_config(cfg: CfgNode) -> None:
     DecoderVariant.from_config(gp)
 
 
-def _metadata_sigmas(cfg: CfgNode) -> Optional[list]:
+def _metadata_sigmas(cfg: CfgNode) -> Tuple[Optional[list], str]:
+    """The ``kpt_oks_sigmas`` of DATASETS.TRAIN[0] (else TEST[0]), and where they come from."""
     for names in (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST):
         if len(names):
             sigmas = MetadataCatalog.get(names[0]).get("kpt_oks_sigmas", None)
             if sigmas is not None:
-                return list(sigmas)
-    return None
+                return list(sigmas), f"the kpt_oks_sigmas of dataset '{names[0]}'"
+    return None, ""
 
 
 def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
@@ -245,7 +246,7 @@ def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
     num_keypoints = cfg.MODEL.GROUP_POSE.NUM_KEYPOINTS
     sigmas, source = list(cfg.MODEL.GROUP_POSE.OKS_SIGMAS), "MODEL.GROUP_POSE.OKS_SIGMAS"
     if not sigmas:
-        sigmas, source = _metadata_sigmas(cfg), "the dataset metadata's kpt_oks_sigmas"
+        sigmas, source = _metadata_sigmas(cfg)
     if sigmas is None:
         try:
             return default_oks_sigmas(num_keypoints)
