@@ -103,10 +103,11 @@ def output_is_folder(output: str) -> bool:
 
 
 def check_output_file(output: str, extensions: Sequence[str], what: str) -> None:
-    """Refuse, before any inference, an ``--output`` file OpenCV cannot write ``what`` to."""
+    """Refuse, before any inference, an ``--output`` file OpenCV cannot write ``what`` (e.g.
+    "an image") to."""
     if os.path.splitext(output)[1].lower() not in extensions:
         raise ValueError(
-            f"--output '{output}': a {what} file must end with {', '.join(extensions)} "
+            f"--output '{output}': {what} file must end with {', '.join(extensions)} "
             "(or give a folder)"
         )
 
@@ -253,9 +254,9 @@ def check_output(
         return
     if not output_is_folder(output):
         if video:
-            check_output_file(output, VIDEO_EXTENSIONS, "video")
+            check_output_file(output, VIDEO_EXTENSIONS, "a video")
         elif len(paths) == 1:
-            check_output_file(output, IMAGE_EXTENSIONS, "image")
+            check_output_file(output, IMAGE_EXTENSIONS, "an image")
     if video:
         inputs, destinations = [video], [video_output_path(output, video)]
     else:

@@ -23,7 +23,7 @@ from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 
 from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
-from grouppose.config import fall_back_to_cpu, get_grouppose_cfg
+from grouppose.config import fall_back_to_cpu, get_grouppose_cfg, inference_model_config
 from grouppose.data.command_line import add_dataset_arguments, register_command_line_datasets
 from grouppose.engine import Trainer, launch
 
@@ -37,23 +37,12 @@ def setup(args) -> CfgNode:
     return cfg
 
 
-def evaluation_model_config(cfg: CfgNode) -> CfgNode:
-    """The config the --eval-only model is built with: its losses, which evaluation does not
-    compute, take their OKS sigmas from DATASETS.TEST rather than from DATASETS.TRAIN, so that
-    evaluating a dataset needs no training set of the same keypoints."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.DATASETS.TRAIN = cfg.DATASETS.TEST
-    cfg.freeze()
-    return cfg
-
-
 def main(args):
     # In every process (launch may start new ones), before the config names the datasets.
     register_command_line_datasets(args.dataset, args.dataset_meta)
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(evaluation_model_config(cfg))
+        model = Trainer.build_model(inference_model_config(cfg))
         SafeCheckpointer(
             model, save_dir=cfg.OUTPUT_DIR, trust_pickle=args.trust_pickle
         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

@@ -208,18 +208,25 @@ def test_eval_only_takes_the_sigmas_of_the_evaluated_set(generated, tmp_path):
     assert len(MetadataCatalog.get("synthetic_train").keypoint_names) == 17
 
 
-def test_demo_draws_with_the_skeleton_of_a_dataset_from_the_command_line(generated, tmp_path):
-    from tiny_grouppose import save_tiny_model
-
+def test_demo_draws_a_five_keypoint_model_with_its_datasets_skeleton(generated, tmp_path):
+    """demo.py with --dataset / --dataset-meta and a K = 5 model; DATASETS.TRAIN stays the
+    config's 17-keypoint set (the model's unused losses take the test set's sigmas)."""
     demo = runpy.run_path(str(REPO_ROOT / "demo.py"))
-    config_file = save_tiny_model(tmp_path)
-    name = unique_name("demo_coco")
-    json_file, image_root = generated["val"]
-    image = sorted(Path(image_root).glob("*.jpg"))[0]
-    status = demo["main"](["--config-file", str(config_file), "--dataset",
-                           spec(name, json_file, image_root), "--input", str(image),
-                           "--output", str(tmp_path / "drawn"), "--opts", "DATASETS.TEST",
-                           f"('{name}',)"])
+    json_file = five_keypoint_json(generated["val"][0], tmp_path / "five.json")
+    meta = tmp_path / "five.yaml"
+    meta.write_text(json.dumps(FIVE_META))
+    name = unique_name("demo_five")
+    opts = ["MODEL.GROUP_POSE.NUM_KEYPOINTS", "5", "DATASETS.TEST", f"('{name}',)"]
+    cfg = get_grouppose_cfg(str(TINY_CONFIG), [*opts, "MODEL.GROUP_POSE.OKS_SIGMAS",
+                                                str(FIVE_META["oks_sigmas"])])
+    weights = tmp_path / "five.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    image = sorted(Path(generated["val"][1]).glob("*.jpg"))[0]
+    status = demo["main"](["--config-file", str(TINY_CONFIG), "--dataset",
+                           spec(name, json_file, generated["val"][1]), "--dataset-meta",
+                           str(meta), "--input", str(image), "--output", str(tmp_path / "drawn"),
+                           "--opts", *opts, "MODEL.WEIGHTS", str(weights)])
     assert status == 0
     assert (tmp_path / "drawn" / image.name).is_file()
-    assert MetadataCatalog.get(name).keypoint_connection_rules
+    assert len(MetadataCatalog.get(name).keypoint_connection_rules) == 4
+    assert len(cfg.DATASETS.TRAIN) and cfg.DATASETS.TRAIN[0] != name

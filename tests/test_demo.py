@@ -200,8 +200,11 @@ def test_output_file_that_cannot_hold_the_result_is_refused_before_inference(
                       "--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth"))
     assert status == 1
     expected = ".jpg" if source == "image" else ".mp4"
-    assert re.search(rf"--output '.*result.txt': a {source} file must end with .*\{expected}",
-                     capsys.readouterr().err)
+    article = "an" if source == "image" else "a"
+    assert re.search(
+        rf"--output '.*result.txt': {article} {source} file must end with .*\{expected}",
+        capsys.readouterr().err,
+    )
 
 
 def test_video_writer_failure_says_why(tmp_path):

@@ -27,7 +27,7 @@ from grouppose.deploy.metadata import METADATA_KEY
 from grouppose.export import GroupPoseExportModule
 from grouppose.predictor import GroupPosePredictor
 
-INSTALL_HINT = "needs the deploy extra: pip install -e .[deploy]"
+INSTALL_HINT = "needs the deploy extra: pip install --no-build-isolation -e '.[deploy]'"
 onnx = pytest.importorskip("onnx", reason=INSTALL_HINT)
 pytest.importorskip("onnxruntime", reason=INSTALL_HINT)
 pytest.importorskip("onnxscript", reason=INSTALL_HINT)

@@ -262,6 +262,19 @@ def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
     return as_sigmas(sigmas)
 
 
+def inference_model_config(cfg: CfgNode) -> CfgNode:
+    """A frozen copy of ``cfg`` for building a model that only runs inference or evaluation:
+    its losses, which are not computed, take their OKS sigmas (``resolve_oks_sigmas``) from
+    DATASETS.TEST when it is set, so that a test set of other keypoints than DATASETS.TRAIN's
+    needs no change of DATASETS.TRAIN."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    if len(cfg.DATASETS.TEST):
+        cfg.DATASETS.TRAIN = cfg.DATASETS.TEST
+    cfg.freeze()
+    return cfg
+
+
 def fall_back_to_cpu(cfg: CfgNode) -> None:
     """Set ``MODEL.DEVICE`` to "cpu", with one warning line, when it names CUDA and this machine
     has no CUDA device (Detectron2 would fail later with "Found no NVIDIA driver")."""

@@ -21,7 +21,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.structures import Instances
 
 from grouppose.checkpoint import SafeCheckpointer
-from grouppose.config import fall_back_to_cpu, get_grouppose_cfg
+from grouppose.config import fall_back_to_cpu, get_grouppose_cfg, inference_model_config
 from grouppose.deploy.metadata import PosePrediction, check_score_threshold  # shared with ONNX
 from grouppose.image_io import ImageLike, to_bgr_uint8
 
@@ -159,7 +159,7 @@ class GroupPosePredictor:
         self.cfg = build_inference_config(config, weights, device, opts)
         # DefaultPredictor would read MODEL.WEIGHTS with Detectron2's checkpointer, which runs
         # any code a .pkl file holds: it gets none, and the weights are read safely here.
-        without_weights = self.cfg.clone()
+        without_weights = inference_model_config(self.cfg)
         without_weights.defrost()
         without_weights.MODEL.WEIGHTS = ""
         self._predictor = DefaultPredictor(without_weights)

@@ -5,11 +5,12 @@
     poses = predictor(cv2.imread("people.jpg"))  # or predictor("people.jpg")
     poses.keypoints  # (n, K, 3) x, y, score in pixels of the image, best first
 
-Needs numpy, Pillow and onnxruntime (``pip install -e .[deploy]``). The predictor does what
-``GroupPosePredictor`` does around the network, from the file's metadata (``DeployMetadata``):
-BGR -> the model's channel order, Detectron2's test-time ``ResizeShortestEdge`` with PIL's
-bilinear filter (as Detectron2 resizes), then the ``TEST_TOPK`` best poses scoring above
-``TEST_SCORE_THRESH``, in pixels of the original image. A file exported for one fixed size
+Needs numpy, Pillow and onnxruntime (``pip install --no-build-isolation -e '.[deploy]'``, or
+just ``pip install onnxruntime``). The predictor does what ``GroupPosePredictor`` does around
+the network, from the file's metadata (``DeployMetadata``): BGR -> the model's channel order,
+Detectron2's test-time ``ResizeShortestEdge`` with PIL's bilinear filter (as Detectron2
+resizes), then the ``TEST_TOPK`` best poses scoring above ``TEST_SCORE_THRESH``, in pixels of
+the original image. A file exported for one fixed size
 (``--size``) gets every image resized to that size instead (aspect ratio not kept).
 """
 
@@ -37,7 +38,10 @@ PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-DEPLOY_INSTALL_HINT = "install it with `pip install -e .[deploy]` (or `pip install onnxruntime`)"
+DEPLOY_INSTALL_HINT = (
+    "install it with `pip install --no-build-isolation -e '.[deploy]'` (or `pip install "
+    "onnxruntime`)"
+)
 # Detectron2's continuous pixel frame: the exported keypoints are network coordinates + 0.5.
 _PIXEL_CENTER_OFFSET = 0.5
 
