@@ -51,7 +51,8 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     gp.AUX_LOSS = True  # losses on every decoder layer, not only the last
     gp.INTERM_LOSS_WEIGHT = 1.0  # multiplies the encoder (two-stage) prediction's losses
     # Per-keypoint OKS sigmas (K values). Empty: the `kpt_oks_sigmas` of the metadata of
-    # DATASETS.TRAIN[0] (else TEST[0]), else the standard ones for K = 17 (COCO) / 14 (CrowdPose).
+    # DATASETS.TRAIN[0] (else TEST[0]; TEST[0] first for inference, see inference_model_config),
+    # else the standard ones for K = 17 (COCO) / 14 (CrowdPose).
     gp.OKS_SIGMAS = []
     # Inference: keep the TEST_TOPK highest-scoring persons with score > TEST_SCORE_THRESH
     # (at most NUM_INSTANCES: the model predicts no more).
