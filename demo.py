@@ -4,13 +4,17 @@
         --input photos/ "more/*.jpg" --output vis/ --opts MODEL.WEIGHTS model.pth
     python demo.py --config-file ... --video-input clip.mp4 --output clip_poses.mp4 --opts ...
     python demo.py --onnx grouppose.onnx --input photos/ --output vis/   # ONNX Runtime
+    python demo.py --config-file ... --dataset my_val=val.json:images/ --input photos/ \
+        --output vis/ --opts MODEL.WEIGHTS model.pth DATASETS.TEST "('my_val',)" ...
 
 
 Without --output the results are shown in a window (needs OpenCV with GUI support). MODEL.WEIGHTS
 must be a trained Group Pose checkpoint (convert an official one with
 tools/convert_official_checkpoint.py); it is read without running code from it unless
 --trust-pickle is given. With --onnx a file written by tools/export_onnx.py runs in ONNX Runtime
-instead (grouppose.deploy.OnnxPosePredictor; --opts and --trust-pickle do not apply).
+instead (grouppose.deploy.OnnxPosePredictor; --opts and --trust-pickle do not apply). Poses are
+drawn with the keypoint names and skeleton of DATASETS.TEST[0], which --dataset can register from
+a COCO-format json (see grouppose.data.command_line).
 """
 
 import argparse
@@ -25,8 +29,10 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from grouppose.checkpoint import add_trust_pickle_argument
+from grouppose.data.command_line import add_dataset_arguments, register_command_line_datasets
 from grouppose.deploy import OnnxPosePredictor
 from grouppose.image_io import IMAGE_EXTENSIONS, read_image
+from grouppose.no_overwrite import check_not_overwriting
 from grouppose.predictor import GroupPosePredictor
 from grouppose.visualization import VisualizationDemo
 
@@ -55,13 +61,14 @@ def get_parser() -> argparse.ArgumentParser:
         help="where to save the drawings: a folder (an existing one, or a name ending with '/' "
         "or without an extension, created), or, for a single image, a file ending with an image "
         f"extension ({', '.join(IMAGE_EXTENSIONS)}) and, for a video, a file ending with "
-        f"{', '.join(VIDEO_EXTENSIONS)}; checked before inference. If not given, the drawings "
-        "are shown in a window",
+        f"{', '.join(VIDEO_EXTENSIONS)}; checked before inference, and refused when it would "
+        "overwrite an input. If not given, the drawings are shown in a window",
     )
     parser.add_argument(
         "--confidence-threshold", type=float, default=0.5, help="minimum score of a drawn pose"
     )
     add_trust_pickle_argument(parser)
+    add_dataset_arguments(parser)
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
     )
@@ -96,10 +103,11 @@ def output_is_folder(output: str) -> bool:
 
 
 def check_output_file(output: str, extensions: Sequence[str], what: str) -> None:
-    """Refuse, before any inference, an ``--output`` file OpenCV cannot write ``what`` to."""
+    """Refuse, before any inference, an ``--output`` file OpenCV cannot write ``what`` (e.g.
+    "an image") to."""
     if os.path.splitext(output)[1].lower() not in extensions:
         raise ValueError(
-            f"--output '{output}': a {what} file must end with {', '.join(extensions)} "
+            f"--output '{output}': {what} file must end with {', '.join(extensions)} "
             "(or give a folder)"
         )
 
@@ -108,9 +116,7 @@ def image_output_path(output: str, input_path: str, num_inputs: int) -> str:
     """Where to save the drawing of ``input_path``: inside ``output`` when it is a folder (see
     ``output_is_folder``, or any name when there are several inputs), else ``output``."""
     if num_inputs > 1 or output_is_folder(output):
-        os.makedirs(output, exist_ok=True)
         return os.path.join(output, os.path.basename(input_path))
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     return output
 
 
@@ -164,7 +170,12 @@ def run_on_images(demo: VisualizationDemo, paths: List[str], output: Optional[st
     return 0
 
 
+def make_parent_folder(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
 def write_image(path: str, image) -> None:
+    make_parent_folder(path)
     if not cv2.imwrite(path, image):
         raise ValueError(f"cannot write image '{path}' (is its folder writable?)")
 
@@ -183,10 +194,8 @@ def video_output_path(output: str, input_path: str) -> str:
     """``output`` itself, or ``<output>/<input name>.mp4`` when ``output`` is a folder (see
     ``output_is_folder``)."""
     if output_is_folder(output):
-        os.makedirs(output, exist_ok=True)
         name = os.path.splitext(os.path.basename(input_path))[0] + VIDEO_EXTENSIONS[0]
         return os.path.join(output, name)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     return output
 
 
@@ -206,8 +215,9 @@ def run_on_video(demo: VisualizationDemo, source, output: Optional[str]) -> int:
             progress.set_postfix(people=people[-1], latency=f"{latencies[-1] * 1000:.0f}ms")
             if output:
                 if writer is None:
-                    writer = open_video_writer(video_output_path(output, str(source)), fps,
-                                               result.visualization.shape)
+                    path = video_output_path(output, str(source))
+                    make_parent_folder(path)
+                    writer = open_video_writer(path, fps, result.visualization.shape)
                 writer.write(result.visualization)
             elif not show(result.visualization):
                 break
@@ -234,13 +244,25 @@ def open_video_writer(path: str, fps: float, frame_shape) -> cv2.VideoWriter:
     return writer
 
 
-def check_output(output: Optional[str], paths: List[str], video: Optional[str]) -> None:
-    """Refuse an ``--output`` file that cannot hold the results before the model is built."""
-    if output and not output_is_folder(output):
+def check_output(
+    output: Optional[str], patterns: Sequence[str], paths: List[str], video: Optional[str]
+) -> None:
+    """Refuse, before the model is built, an ``--output`` file that cannot hold the results,
+    and an ``--output`` that is an input or would be written over one (``patterns``: the
+    ``--input`` arguments, ``paths``: the image files they name)."""
+    if not output:
+        return
+    if not output_is_folder(output):
         if video:
-            check_output_file(output, VIDEO_EXTENSIONS, "video")
+            check_output_file(output, VIDEO_EXTENSIONS, "a video")
         elif len(paths) == 1:
-            check_output_file(output, IMAGE_EXTENSIONS, "image")
+            check_output_file(output, IMAGE_EXTENSIONS, "an image")
+    if video:
+        inputs, destinations = [video], [video_output_path(output, video)]
+    else:
+        inputs = [*patterns, *paths]
+        destinations = [image_output_path(output, path, len(paths)) for path in paths]
+    check_not_overwriting(output, inputs, destinations)
 
 
 def build_predictor(args: argparse.Namespace) -> Union[GroupPosePredictor, OnnxPosePredictor]:
@@ -268,7 +290,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         paths = expand_inputs(args.input) if args.input else []
-        check_output(args.output, paths, args.video_input)
+        check_output(args.output, args.input or [], paths, args.video_input)
+        register_command_line_datasets(args.dataset, args.dataset_meta)
         demo = VisualizationDemo(build_predictor(args))
         if args.input:
             return run_on_images(demo, paths, args.output)

@@ -5,10 +5,15 @@
     python train_net.py --config-file CONFIG --resume                       # continue a run
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
     python train_net.py --config-file configs/Synthetic/grouppose_tiny.yaml MODEL.DEVICE cpu
+    python train_net.py --config-file CONFIG --dataset my_train=train.json:images/ \
+        --dataset my_val=val.json:images/ [--dataset-meta my_poses.yaml] \
+        DATASETS.TRAIN "('my_train',)" DATASETS.TEST "('my_val',)"  # any COCO-format json
 
 Without CUDA, ``--num-gpus N`` starts N CPU processes joined with gloo, and a CUDA
 ``MODEL.DEVICE`` falls back to the CPU with a warning. Weights files are read without running
 code from them (``grouppose.checkpoint.SafeCheckpointer``) unless ``--trust-pickle`` is given.
+``--dataset`` / ``--dataset-meta``: see ``grouppose.data.command_line``. ``--eval-only`` needs
+only DATASETS.TEST: the model's (unused) losses take the OKS sigmas of the evaluated set.
 """
 
 import grouppose  # noqa: F401  (first: it quiets a warning of Detectron2's imports)
@@ -18,7 +23,8 @@ from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 
 from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
-from grouppose.config import fall_back_to_cpu, get_grouppose_cfg
+from grouppose.config import fall_back_to_cpu, get_grouppose_cfg, inference_model_config
+from grouppose.data.command_line import add_dataset_arguments, register_command_line_datasets
 from grouppose.engine import Trainer, launch
 
 
@@ -32,9 +38,11 @@ def setup(args) -> CfgNode:
 
 
 def main(args):
+    # In every process (launch may start new ones), before the config names the datasets.
+    register_command_line_datasets(args.dataset, args.dataset_meta)
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
+        model = Trainer.build_model(inference_model_config(cfg))
         SafeCheckpointer(
             model, save_dir=cfg.OUTPUT_DIR, trust_pickle=args.trust_pickle
         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
@@ -45,9 +53,11 @@ def main(args):
 
 
 def get_parser():
-    """Detectron2's training arguments and ``--trust-pickle``."""
+    """Detectron2's training arguments, ``--trust-pickle``, ``--dataset`` and
+    ``--dataset-meta``."""
     parser = default_argument_parser()
     add_trust_pickle_argument(parser)
+    add_dataset_arguments(parser)
     return parser
 
 

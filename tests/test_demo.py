@@ -164,10 +164,11 @@ def test_video_output_folder_gets_an_mp4_named_after_the_input(config_file, tmp_
 def test_unreadable_video_is_named(config_file, tmp_path, capsys):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
-    assert run_demo(config_file, "--video-input", str(broken), "--output", str(tmp_path)) == 1
+    output = str(tmp_path / "drawn")
+    assert run_demo(config_file, "--video-input", str(broken), "--output", output) == 1
     assert str(broken) in capsys.readouterr().err
     missing = str(tmp_path / "missing.mp4")
-    assert run_demo(config_file, "--video-input", missing, "--output", str(tmp_path)) == 1
+    assert run_demo(config_file, "--video-input", missing, "--output", output) == 1
     assert f"video file not found: '{missing}'" in capsys.readouterr().err
 
 
@@ -199,8 +200,11 @@ def test_output_file_that_cannot_hold_the_result_is_refused_before_inference(
                       "--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth"))
     assert status == 1
     expected = ".jpg" if source == "image" else ".mp4"
-    assert re.search(rf"--output '.*result.txt': a {source} file must end with .*\{expected}",
-                     capsys.readouterr().err)
+    article = "an" if source == "image" else "a"
+    assert re.search(
+        rf"--output '.*result.txt': {article} {source} file must end with .*\{expected}",
+        capsys.readouterr().err,
+    )
 
 
 def test_video_writer_failure_says_why(tmp_path):
@@ -222,3 +226,58 @@ def test_untrained_weights_are_refused_with_how_to_get_a_model(config_file, tmp_
     error = capsys.readouterr().err
     assert "is not a trained Group Pose model" in error
     assert "tools/convert_official_checkpoint.py" in error
+
+
+# (inputs, --output) relative to a folder holding photos/a.png, photos/b.png, clips/clip.mp4.
+_OVERWRITING = {
+    "output folder is the input folder": (["--input", "photos/"], "photos/", "photos/"),
+    "same folder, other spelling": (["--input", "photos"], "./photos/../photos", "photos"),
+    "output file is the input file": (["--input", "photos/a.png"], "photos/a.png",
+                                      "photos/a.png"),
+    "output folder holds the input": (["--input", "photos/a.png"], "photos/", "photos/a.png"),
+    "glob": (["--input", "photos/*.png"], "photos", "photos/a.png"),
+    "several inputs, output is one": (["--input", "photos/a.png", "photos/b.png"],
+                                      "photos/b.png", "photos/b.png"),
+    "video into its own folder": (["--video-input", "clips/clip.mp4"], "clips/",
+                                  "clips/clip.mp4"),
+    "video onto itself": (["--video-input", "clips/clip.mp4"], "clips/clip.mp4",
+                          "clips/clip.mp4"),
+    "through a symbolic link": (["--input", "photos/"], "link/", "photos/"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_OVERWRITING))
+def test_output_that_would_overwrite_an_input_is_refused_before_the_model(
+    config_file, tmp_path, capsys, monkeypatch, case
+):
+    """Refused before the model is built (the weights named do not exist), in one line naming
+    both paths, and every input is left as it was."""
+    inputs, output, named_input = _OVERWRITING[case]
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "photos")
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / "photos" / name), random_bgr(48, 64))
+    (tmp_path / "clips" / "clip.mp4").write_bytes(b"not decoded: refused before")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+
+    status = run_demo(config_file, *inputs, "--output", output,
+                      "--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth"))
+
+    assert status == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert f"--output '{output}'" in line and f"input '{named_input}'" in line
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_output_next_to_or_inside_the_input_folder_is_accepted(config_file, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), random_bgr(48, 64))
+    original = (photos / "a.png").read_bytes()
+    for output in (photos / "drawn", tmp_path / "drawn", photos / "a_drawn.png"):
+        assert run_demo(config_file, "--input", str(photos / "a.png"), "--output",
+                        str(output)) == 0
+    assert (photos / "a.png").read_bytes() == original
+    assert (photos / "drawn" / "a.png").is_file() and (photos / "a_drawn.png").is_file()

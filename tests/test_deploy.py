@@ -27,7 +27,7 @@ from grouppose.deploy.metadata import METADATA_KEY
 from grouppose.export import GroupPoseExportModule
 from grouppose.predictor import GroupPosePredictor
 
-INSTALL_HINT = "needs the deploy extra: pip install -e .[deploy]"
+INSTALL_HINT = "needs the deploy extra: pip install --no-build-isolation -e '.[deploy]'"
 onnx = pytest.importorskip("onnx", reason=INSTALL_HINT)
 pytest.importorskip("onnxruntime", reason=INSTALL_HINT)
 pytest.importorskip("onnxscript", reason=INSTALL_HINT)
@@ -298,6 +298,20 @@ def test_predictor_names_missing_and_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="cannot load ONNX model"):
         (tmp_path / "text.onnx").write_text("not onnx")
         OnnxPosePredictor(tmp_path / "text.onnx")
+
+
+@pytest.mark.parametrize("threshold", [-1, 2, 1.5, "0.5"])
+def test_score_threshold_outside_0_1_is_refused(threshold, tmp_path):
+    with pytest.raises(ValueError, match=r"score_threshold must be a number in \[0, 1\].*got"):
+        OnnxPosePredictor(tmp_path / "model.onnx", score_threshold=threshold)
+
+
+def test_score_threshold_accepts_ints(reference_export):
+    _, path, _ = reference_export
+    for threshold in (0, 1):
+        predictor = OnnxPosePredictor(path, score_threshold=threshold)
+        assert predictor.score_threshold == threshold
+        assert isinstance(predictor.score_threshold, float)
 
 
 def test_bad_metadata_is_named_with_its_file_and_field():

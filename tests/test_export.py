@@ -75,3 +75,28 @@ def test_saved_program_loads_and_runs(model, exported, image, tmp_path):
 def test_export_rejects_bad_sizes(model):
     with pytest.raises(ValueError, match="height, width and batch_size must be positive"):
         export_grouppose(model, 0, WIDTH)
+
+
+def test_readme_export_snippet_runs(tmp_path, monkeypatch):
+    """The README's torch.export code block, as written, on the tiny model: only the config,
+    the weights file and the size are swapped for small ones (each must be in the block)."""
+    from tiny_grouppose import REPO_ROOT, save_tiny_model
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### Export (torch.export)"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", 10)]
+    config_file = save_tiny_model(tmp_path)
+    swaps = {"configs/COCO-Keypoints/grouppose_R50_60e.yaml": str(config_file),
+             '"model.pth"': repr(str(tmp_path / "tiny_model.pth")),
+             "800": str(HEIGHT), "1216": str(WIDTH)}
+    for written, small in swaps.items():
+        assert written in code, written
+        code = code.replace(written, small)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    scores, keypoints = namespace["scores"], namespace["keypoints"]
+    assert scores.shape == (1, NUM_INSTANCES)
+    assert keypoints.shape == (1, NUM_INSTANCES, NUM_KEYPOINTS, 3)
+    assert not scores.requires_grad and not keypoints.requires_grad
+    assert (tmp_path / "grouppose.pt2").is_file()

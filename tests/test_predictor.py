@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 from tiny_grouppose import BASE_CONFIG, NUM_INSTANCES, REPO_ROOT, save_tiny_model
 
 import grouppose
@@ -250,3 +251,30 @@ def test_build_inference_config(tiny_config_file, tmp_path):
 def test_build_inference_config_falls_back_to_cpu_without_cuda(tiny_config_file):
     cfg = build_inference_config(tiny_config_file, opts=["MODEL.DEVICE", "cuda"])
     assert cfg.MODEL.DEVICE == "cpu"
+
+
+@pytest.mark.parametrize("threshold", [0, 1, np.float32(0.5)])
+def test_score_threshold_accepts_ints_and_numpy_numbers(tiny_config_file, threshold):
+    predictor = GroupPosePredictor(tiny_config_file, score_threshold=threshold)
+    threshold_in_config = predictor.cfg.MODEL.GROUP_POSE.TEST_SCORE_THRESH
+    assert threshold_in_config == float(threshold)
+
+
+@pytest.mark.parametrize("threshold", [-1, 2, 1.5, "0.5", True])
+def test_score_threshold_outside_0_1_is_refused(tiny_config_file, threshold):
+    with pytest.raises(ValueError, match=r"score_threshold must be a number in \[0, 1\].*got"):
+        GroupPosePredictor(tiny_config_file, score_threshold=threshold)
+
+
+def test_checkpoint_with_another_k_states_both(tiny_config_file, tmp_path):
+    """A checkpoint of a model with K = 5 keypoints, loaded with the K = 17 config."""
+    cfg = get_grouppose_cfg(str(tiny_config_file))
+    cfg.merge_from_list(["MODEL.GROUP_POSE.NUM_KEYPOINTS", 5,
+                         "MODEL.GROUP_POSE.OKS_SIGMAS", [0.05] * 5])
+    weights = tmp_path / "k5.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    with pytest.raises(ValueError) as error:
+        GroupPosePredictor(tiny_config_file, str(weights))
+    assert str(error.value).startswith(
+        f"checkpoint {weights} has K=5 keypoints, the config MODEL.GROUP_POSE.NUM_KEYPOINTS=17"
+    )

@@ -17,7 +17,12 @@ from torch import nn
 from training_utils import FAST_OPTS, TINY_CONFIG, register_tiny_datasets
 
 import grouppose
-from grouppose.checkpoint import SafeCheckpointer, UnsafeCheckpointError, read_weights_file
+from grouppose.checkpoint import (
+    CorruptCheckpointError,
+    SafeCheckpointer,
+    UnsafeCheckpointError,
+    read_weights_file,
+)
 from grouppose.predictor import GroupPosePredictor
 
 
@@ -228,3 +233,69 @@ def test_converters_name_a_missing_input(tool, tmp_path, capsys):
     missing = tmp_path / "missing.pth"
     assert converter.main([str(missing), str(tmp_path / "out.pth")]) == 1
     assert capsys.readouterr().err.strip() == f"error: weights file not found: '{missing}'"
+
+
+# ------------------------------------------------------------------------------------------
+# A truncated or damaged file: one line naming it, at every entry point
+
+CORRUPT = "cannot read this weights file: it is truncated or corrupt"
+
+
+@pytest.fixture(params=["half.pth", "short.pth", "empty.pth", "garbage.pth", "half.pkl"])
+def truncated(request, tiny_config_file, tmp_path):
+    """A weights file cut short (as an interrupted download leaves it), empty or garbage."""
+    full = (tiny_config_file.parent / "tiny_model.pth").read_bytes()
+    if request.param.endswith(".pkl"):
+        full = pickle.dumps({"model": {"w": np.zeros(1000)}, "__author__": "x"})
+    content = {"half": full[: len(full) // 2], "short": full[:100], "empty": b"",
+               "garbage": b"not a checkpoint " * 20}[request.param.split(".")[0]]
+    path = tmp_path / request.param
+    path.write_bytes(content)
+    return path
+
+
+def assert_named_corrupt(error_text: str, path: Path) -> None:
+    assert f"{path}: {CORRUPT}" in error_text
+    assert "PytorchStreamReader" not in error_text and "Traceback" not in error_text
+
+
+@pytest.mark.parametrize("trust_pickle", [False, True])
+def test_read_weights_file_names_a_truncated_file(truncated, trust_pickle):
+    with pytest.raises(CorruptCheckpointError) as error:
+        read_weights_file(str(truncated), trust_pickle)
+    assert_named_corrupt(str(error.value), truncated)
+    assert "\n" not in str(error.value)
+    # No chained traceback of the reader's own error.
+    assert error.value.__context__ is None or error.value.__suppress_context__
+
+
+def test_predictor_names_a_truncated_file(truncated, tiny_config_file):
+    with pytest.raises(CorruptCheckpointError) as error:
+        GroupPosePredictor(tiny_config_file, str(truncated))
+    assert_named_corrupt(str(error.value), truncated)
+
+
+def test_demo_names_a_truncated_file(truncated, tiny_config_file, image_file, tmp_path, capsys):
+    demo = load_script(REPO_ROOT / "demo.py")
+    status = demo.main(["--config-file", str(tiny_config_file), "--input", str(image_file),
+                        "--output", str(tmp_path / "out"), "--opts", "MODEL.WEIGHTS",
+                        str(truncated)])
+    assert status == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert_named_corrupt(line, truncated)
+
+
+def test_eval_only_names_a_truncated_file(truncated, tiny_data, tmp_path):
+    opts = [*FAST_OPTS, "OUTPUT_DIR", str(tmp_path / "eval"), "MODEL.WEIGHTS", str(truncated)]
+    with pytest.raises(CorruptCheckpointError) as error:
+        _run_train_net(["--config-file", str(TINY_CONFIG), "--eval-only", *opts])
+    assert_named_corrupt(str(error.value), truncated)
+
+
+@pytest.mark.parametrize("tool", ["convert_official_checkpoint.py", "convert_imagenet_swin.py"])
+def test_converters_name_a_truncated_file(truncated, tool, tmp_path, capsys):
+    converter = load_script(REPO_ROOT / "tools" / tool)
+    assert converter.main([str(truncated), str(tmp_path / "out.pth")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert_named_corrupt(line, truncated)
+    assert not (tmp_path / "out.pth").exists()

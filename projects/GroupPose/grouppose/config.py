@@ -3,7 +3,7 @@
 import logging
 import math
 import os
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -54,7 +54,8 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     gp.AUX_LOSS = True  # losses on every decoder layer, not only the last
     gp.INTERM_LOSS_WEIGHT = 1.0  # multiplies the encoder (two-stage) prediction's losses
     # Per-keypoint OKS sigmas (K values). Empty: the `kpt_oks_sigmas` of the metadata of
-    # DATASETS.TRAIN[0] (else TEST[0]), else the standard ones for K = 17 (COCO) / 14 (CrowdPose).
+    # DATASETS.TRAIN[0] (else TEST[0]; TEST[0] first for inference, see inference_model_config),
+    # else the standard ones for K = 17 (COCO) / 14 (CrowdPose).
     gp.OKS_SIGMAS = []
     # Inference: keep the TEST_TOPK highest-scoring persons with score > TEST_SCORE_THRESH
     # (at most NUM_INSTANCES: the model predicts no more).
@@ -236,13 +237,14 @@ def check_grouppose_config(cfg: CfgNode) -> None:
     DecoderVariant.from_config(gp)
 
 
-def _metadata_sigmas(cfg: CfgNode) -> Optional[list]:
+def _metadata_sigmas(cfg: CfgNode) -> Tuple[Optional[list], str]:
+    """The ``kpt_oks_sigmas`` of DATASETS.TRAIN[0] (else TEST[0]), and where they come from."""
     for names in (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST):
         if len(names):
             sigmas = MetadataCatalog.get(names[0]).get("kpt_oks_sigmas", None)
             if sigmas is not None:
-                return list(sigmas)
-    return None
+                return list(sigmas), f"the kpt_oks_sigmas of dataset '{names[0]}'"
+    return None, ""
 
 
 def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
@@ -251,7 +253,7 @@ def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
     num_keypoints = cfg.MODEL.GROUP_POSE.NUM_KEYPOINTS
     sigmas, source = list(cfg.MODEL.GROUP_POSE.OKS_SIGMAS), "MODEL.GROUP_POSE.OKS_SIGMAS"
     if not sigmas:
-        sigmas, source = _metadata_sigmas(cfg), "the dataset metadata's kpt_oks_sigmas"
+        sigmas, source = _metadata_sigmas(cfg)
     if sigmas is None:
         try:
             return default_oks_sigmas(num_keypoints)
@@ -265,6 +267,19 @@ def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
             f"{num_keypoints}"
         )
     return as_sigmas(sigmas)
+
+
+def inference_model_config(cfg: CfgNode) -> CfgNode:
+    """A frozen copy of ``cfg`` for building a model that only runs inference or evaluation:
+    its losses, which are not computed, take their OKS sigmas (``resolve_oks_sigmas``) from
+    DATASETS.TEST when it is set, so that a test set of other keypoints than DATASETS.TRAIN's
+    needs no change of DATASETS.TRAIN."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    if len(cfg.DATASETS.TEST):
+        cfg.DATASETS.TRAIN = cfg.DATASETS.TEST
+    cfg.freeze()
+    return cfg
 
 
 def fall_back_to_cpu(cfg: CfgNode) -> None:

@@ -21,8 +21,8 @@ from detectron2.engine import DefaultPredictor
 from detectron2.structures import Instances
 
 from grouppose.checkpoint import SafeCheckpointer
-from grouppose.config import fall_back_to_cpu, get_grouppose_cfg
-from grouppose.deploy.metadata import PosePrediction  # also the ONNX predictor's result
+from grouppose.config import fall_back_to_cpu, get_grouppose_cfg, inference_model_config
+from grouppose.deploy.metadata import PosePrediction, check_score_threshold  # shared with ONNX
 from grouppose.image_io import ImageLike, to_bgr_uint8
 
 __all__ = [
@@ -72,13 +72,32 @@ _TRAINED_MODEL_HINT = (
 )
 
 
+def _checkpoint_num_keypoints(model: torch.nn.Module, incorrect_shapes) -> Optional[int]:
+    """K of a checkpoint whose keypoint outputs differ in size from the model's, else None.
+
+    Args:
+        incorrect_shapes: (key, shape in checkpoint, shape in model) of the weights not loaded.
+    """
+    head = getattr(getattr(model, "query_selection", None), "keypoint_head", None)
+    if head is None:
+        return None
+    # The last layer of the encoder's keypoint head outputs (x, y) per keypoint: bias (2K,).
+    output_bias = f"query_selection.keypoint_head.layers.{len(head.layers) - 1}.bias"
+    for key, checkpoint_shape, _ in incorrect_shapes:
+        if key == output_bias:
+            return checkpoint_shape[0] // 2
+    return None
+
+
 def load_trained_weights(model: torch.nn.Module, weights: str, trust_pickle: bool = False) -> None:
     """Load a trained Group Pose checkpoint into ``model``, safely (see ``SafeCheckpointer``).
 
     Raises:
         ValueError when ``weights`` is empty, cannot be fetched, or does not hold every weight of
         the model (e.g. the ImageNet backbone a training config starts from), saying how to get
-        a trained checkpoint. UnsafeCheckpointError (a ValueError) for a file that could run code.
+        a trained checkpoint, or stating both K when it was trained with another number of
+        keypoints. UnsafeCheckpointError / CorruptCheckpointError (ValueErrors) for a file that
+        could run code / is truncated.
     """
     if not weights:
         raise ValueError(f"MODEL.WEIGHTS is empty; {_TRAINED_MODEL_HINT}")
@@ -88,7 +107,15 @@ def load_trained_weights(model: torch.nn.Module, weights: str, trust_pickle: boo
     except OSError as e:  # a missing file, or a URL that cannot be fetched (offline)
         raise ValueError(f"cannot read MODEL.WEIGHTS '{weights}' ({e}); {_TRAINED_MODEL_HINT}") \
             from e
-    missing = checkpointer.incompatible_keys.missing_keys
+    incompatible = checkpointer.incompatible_keys
+    checkpoint_k = _checkpoint_num_keypoints(model, incompatible.incorrect_shapes)
+    if checkpoint_k is not None:
+        raise ValueError(
+            f"checkpoint {weights} has K={checkpoint_k} keypoints, the config "
+            f"MODEL.GROUP_POSE.NUM_KEYPOINTS={model.num_keypoints}: use the config it was "
+            "trained with (and a dataset with its keypoints)"
+        )
+    missing = incompatible.missing_keys
     if missing:
         total = len(model.state_dict())
         raise ValueError(
@@ -104,14 +131,15 @@ class GroupPosePredictor:
         config: yaml config file or config (see ``build_inference_config``).
         weights: checkpoint; overrides ``MODEL.WEIGHTS`` when given.
         device: see ``build_inference_config``.
-        score_threshold: when given, overrides ``MODEL.GROUP_POSE.TEST_SCORE_THRESH``: only
-            poses scoring above it are kept (of the ``MODEL.GROUP_POSE.TEST_TOPK`` best).
+        score_threshold: when given (a number in [0, 1]), overrides
+            ``MODEL.GROUP_POSE.TEST_SCORE_THRESH``: only poses scoring above it are kept (of the
+            ``MODEL.GROUP_POSE.TEST_TOPK`` best).
         opts: ``KEY VALUE`` config overrides.
         trust_pickle: read the weights with plain pickle (runs any code they hold): only for
             files from a trusted source.
 
     Raises:
-        ValueError: see ``load_trained_weights``.
+        ValueError: see ``load_trained_weights``; for a ``score_threshold`` outside [0, 1].
     """
 
     def __init__(
@@ -125,11 +153,13 @@ class GroupPosePredictor:
         trust_pickle: bool = False,
     ):
         if score_threshold is not None:
-            opts = [*opts, "MODEL.GROUP_POSE.TEST_SCORE_THRESH", score_threshold]
+            # A float: the config key is one, and merging an int is a type mismatch.
+            threshold = check_score_threshold(score_threshold)
+            opts = [*opts, "MODEL.GROUP_POSE.TEST_SCORE_THRESH", threshold]
         self.cfg = build_inference_config(config, weights, device, opts)
         # DefaultPredictor would read MODEL.WEIGHTS with Detectron2's checkpointer, which runs
         # any code a .pkl file holds: it gets none, and the weights are read safely here.
-        without_weights = self.cfg.clone()
+        without_weights = inference_model_config(self.cfg)
         without_weights.defrost()
         without_weights.MODEL.WEIGHTS = ""
         self._predictor = DefaultPredictor(without_weights)

@@ -7,6 +7,7 @@ from .official import (
     load_official_state_dict,
 )
 from .safe_load import (
+    CorruptCheckpointError,
     SafeCheckpointer,
     UnsafeCheckpointError,
     add_trust_pickle_argument,
@@ -15,6 +16,7 @@ from .safe_load import (
 from .swin import convert_imagenet_swin
 
 __all__ = [
+    "CorruptCheckpointError",
     "SafeCheckpointer",
     "UnsafeCheckpointError",
     "add_trust_pickle_argument",

@@ -12,6 +12,9 @@ weights file runs its author's code on the machine that loads it. Detectron2's
 
 ``trust_pickle=True`` (``--trust-pickle`` on the command line) is the one opt-in, for files of a
 trusted source: it loads exactly as Detectron2 does.
+
+A truncated or corrupt file (an interrupted download or copy) is one ``CorruptCheckpointError``
+line naming it, whichever way it is read.
 """
 
 import argparse
@@ -19,6 +22,7 @@ import io
 import os
 import pickle
 import re
+import zipfile
 from typing import Any, Callable, Dict, Iterable, Optional
 
 import torch
@@ -26,7 +30,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
 __all__ = [
-    "SafeCheckpointer", "UnsafeCheckpointError", "add_trust_pickle_argument", "read_weights_file",
+    "CorruptCheckpointError", "SafeCheckpointer", "UnsafeCheckpointError",
+    "add_trust_pickle_argument", "read_weights_file",
 ]
 
 TRUST_HINT = "if you trust this file, load it with trust_pickle=True (--trust-pickle)"
@@ -46,6 +51,12 @@ _ALLOWED_PICKLE_GLOBALS = frozenset({
 })
 # How torch names the global that weights_only refused (the first line of its message).
 _TORCH_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global|GLOBAL) ([\w.]+)")
+# How torch's weights_only refusals begin (other unpickling errors are damaged data).
+_TORCH_REFUSAL = "Weights only load failed"
+# torch.save's zip format begins with a zip local file header, its legacy format with a pickle
+# protocol >= 2 header.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
 
 
 def add_trust_pickle_argument(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +70,17 @@ def add_trust_pickle_argument(parser: argparse.ArgumentParser) -> None:
 
 class UnsafeCheckpointError(ValueError):
     """A weights file holds objects that could run code while it is read."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A weights file that cannot be read: truncated (an interrupted download or copy) or
+    otherwise damaged."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(
+            f"{path}: cannot read this weights file: it is truncated or corrupt ({reason}); "
+            "download or copy it again"
+        )
 
 
 class WeightsUnpickler(pickle.Unpickler):
@@ -78,21 +100,57 @@ class WeightsUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def _read_pickle(path: str, trust_pickle: bool) -> Any:
     with PathManager.open(path, "rb") as f:
-        if trust_pickle:
-            return pickle.load(f, encoding="latin1")
-        return WeightsUnpickler(f, path).load()
+        try:
+            if trust_pickle:
+                return pickle.load(f, encoding="latin1")
+            return WeightsUnpickler(f, path).load()
+        except (EOFError, pickle.UnpicklingError) as e:  # "pickle data was truncated", ...
+            raise CorruptCheckpointError(path, _first_line(e)) from None
+
+
+def _check_intact(path: str, f: io.BufferedIOBase) -> None:
+    """Refuse an empty file, one that torch.save cannot have written, or a zip (torch.save's
+    format) whose directory at its end is missing or damaged: torch fails on those with errors
+    that name neither the file nor the cause ("PytorchStreamReader failed reading zip archive",
+    "Invalid argument", "Unsupported operand")."""
+    magic = f.read(len(_ZIP_MAGIC))
+    f.seek(0)
+    if not magic:
+        raise CorruptCheckpointError(path, "the file is empty")
+    if not magic.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raise CorruptCheckpointError(path, "it begins as neither a zip file nor a pickle")
+    if magic == _ZIP_MAGIC:
+        try:
+            zipfile.ZipFile(f).close()
+        except zipfile.BadZipFile:
+            raise CorruptCheckpointError(
+                path, "a zip file, as torch.save writes, whose directory at the end is missing"
+            ) from None
+        f.seek(0)
 
 
 def _read_torch(path: str, trust_pickle: bool, allowed_globals: Iterable[Callable]) -> Any:
     with PathManager.open(path, "rb") as f:
-        if trust_pickle:
-            return torch.load(f, map_location="cpu", weights_only=False)
+        _check_intact(path, f)
         try:
+            if trust_pickle:
+                return torch.load(f, map_location="cpu", weights_only=False)
             with torch.serialization.safe_globals(list(allowed_globals)):
                 return torch.load(f, map_location="cpu", weights_only=True)
+        # Damaged data inside an intact zip directory, or a damaged legacy (non-zip) file (torch's
+        # weights_only unpickler raises KeyError on a bad memo reference).
+        except (EOFError, RuntimeError, KeyError) as e:
+            raise CorruptCheckpointError(path, _first_line(e)) from None
         except pickle.UnpicklingError as e:
+            if _TORCH_REFUSAL not in str(e):
+                raise CorruptCheckpointError(path, _first_line(e)) from None
             refused = _TORCH_REFUSED_GLOBAL.search(str(e))
             what = f"the global '{refused.group(1)}'" if refused else "objects other than weights"
             raise UnsafeCheckpointError(
@@ -114,6 +172,7 @@ def read_weights_file(
 
     Raises:
         UnsafeCheckpointError naming the file and the refused global.
+        CorruptCheckpointError naming the file when it is truncated or damaged.
         FileNotFoundError naming the file.
     """
     if not PathManager.isfile(path):

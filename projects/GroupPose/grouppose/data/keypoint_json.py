@@ -7,6 +7,8 @@ policy at load time, so that each problem is either a clear error naming the jso
 annotation id, or a counted skip logged in a single line per load:
 
 Errors (``ValueError``):
+    - ``keypoint_names`` in the dataset's metadata that are the json category's ``keypoints``
+      in another order (the flip map, skeleton and sigmas would then mean other joints);
     - an image id that several images share (the annotations of one would silently go to the
       other);
     - an annotation whose ``category_id`` is not in the json's ``categories``;
@@ -43,7 +45,7 @@ import collections
 import dataclasses
 import json
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import MetadataCatalog
@@ -53,6 +55,7 @@ from detectron2.utils.file_io import PathManager
 
 __all__ = [
     "LoadSummary",
+    "check_keypoint_order",
     "check_unique_image_ids",
     "keypoint_category",
     "load_keypoint_json",
@@ -147,6 +150,24 @@ def check_unique_image_ids(content: Dict, json_file: str) -> None:
             + ", ".join(str(i) for i in duplicated[:_MAX_QUOTED])
             + (", ..." if len(duplicated) > _MAX_QUOTED else "")
             + "); each image needs its own id, as annotations refer to images by id"
+        )
+
+
+def check_keypoint_order(
+    json_names: Sequence[str], keypoint_names: Sequence[str], json_file: str
+) -> None:
+    """Refuse ``keypoint_names`` that are the json category's ``keypoints`` in another order:
+    the json's order is the order of every annotation's values.
+
+    Raises:
+        ValueError naming ``json_file`` and both orders.
+    """
+    json_names, keypoint_names = list(json_names), list(keypoint_names)
+    if json_names != keypoint_names and sorted(json_names) == sorted(keypoint_names):
+        raise ValueError(
+            f"{json_file}: keypoint_names {keypoint_names} are its category's 'keypoints' in "
+            f"another order ({json_names}); give them in the json's order, which is the order "
+            "of each annotation's keypoint values"
         )
 
 
@@ -400,6 +421,9 @@ def load_keypoint_json(
         module docstring.
     """
     category, ignored = _check_json(json_file)
+    keypoint_names = MetadataCatalog.get(dataset_name).get("keypoint_names")
+    if keypoint_names is not None:
+        check_keypoint_order(category.get("keypoints") or [], keypoint_names, json_file)
     records = _load_coco_records(json_file, image_root)
     _set_category_metadata(dataset_name, category)
     _keep_category(records, category["id"])

@@ -14,13 +14,33 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["METADATA_KEY", "DeployMetadata", "PosePrediction", "resized_shape"]
+__all__ = [
+    "METADATA_KEY", "DeployMetadata", "PosePrediction", "check_score_threshold", "resized_shape",
+]
 
 METADATA_KEY = "grouppose"
 # Input and output names of the exported graph.
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("scores", "keypoints")
 _INPUT_FORMATS = ("RGB", "BGR")
+
+
+def check_score_threshold(value: float) -> float:
+    """A predictor's ``score_threshold`` as a float: any real number in [0, 1] (scores are
+    probabilities), ints included.
+
+    Raises:
+        ValueError naming the argument and the value otherwise.
+    """
+    is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool
+    )
+    if not is_number or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"score_threshold must be a number in [0, 1] (poses scoring above it are kept), "
+            f"got {value!r}"
+        )
+    return float(value)
 
 
 @dataclass

@@ -12,8 +12,8 @@ image height and width are symbolic: the level geometry (level sizes and offsets
 encodings, reference points, proposals) is computed in the graph from the image size. The
 batch size is fixed at export.
 
-Needs torch, onnx and onnxscript (``pip install -e .[deploy]``) and the compiled op
-(``grouppose._C``).
+Needs torch, onnx and onnxscript (``pip install --no-build-isolation -e '.[deploy]'``) and the
+compiled op (``grouppose._C``).
 """
 
 import importlib
@@ -31,7 +31,7 @@ from grouppose.modeling import GroupPose
 
 __all__ = ["MIN_DYNAMIC_SIZE", "OPSETS", "export_onnx", "ms_deform_attn_onnx"]
 
-DEPLOY_INSTALL_HINT = "install it with `pip install -e .[deploy]`"
+DEPLOY_INSTALL_HINT = "install it with `pip install --no-build-isolation -e '.[deploy]'`"
 # PyTorch's exporter writes opset 18; other versions are converted from it. LayerNormalization
 # needs 17; GridSample (16) is renamed at 20 (mode "bilinear" -> "linear"), which the
 # conversion handles.

@@ -5,11 +5,12 @@
     poses = predictor(cv2.imread("people.jpg"))  # or predictor("people.jpg")
     poses.keypoints  # (n, K, 3) x, y, score in pixels of the image, best first
 
-Needs numpy, Pillow and onnxruntime (``pip install -e .[deploy]``). The predictor does what
-``GroupPosePredictor`` does around the network, from the file's metadata (``DeployMetadata``):
-BGR -> the model's channel order, Detectron2's test-time ``ResizeShortestEdge`` with PIL's
-bilinear filter (as Detectron2 resizes), then the ``TEST_TOPK`` best poses scoring above
-``TEST_SCORE_THRESH``, in pixels of the original image. A file exported for one fixed size
+Needs numpy, Pillow and onnxruntime (``pip install --no-build-isolation -e '.[deploy]'``, or
+just ``pip install onnxruntime``). The predictor does what ``GroupPosePredictor`` does around
+the network, from the file's metadata (``DeployMetadata``): BGR -> the model's channel order,
+Detectron2's test-time ``ResizeShortestEdge`` with PIL's bilinear filter (as Detectron2
+resizes), then the ``TEST_TOPK`` best poses scoring above ``TEST_SCORE_THRESH``, in pixels of
+the original image. A file exported for one fixed size
 (``--size``) gets every image resized to that size instead (aspect ratio not kept).
 """
 
@@ -25,6 +26,7 @@ from grouppose.deploy.metadata import (
     OUTPUT_NAMES,
     DeployMetadata,
     PosePrediction,
+    check_score_threshold,
     resized_shape,
 )
 from grouppose.image_io import ImageLike, to_bgr_uint8
@@ -36,7 +38,10 @@ PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-DEPLOY_INSTALL_HINT = "install it with `pip install -e .[deploy]` (or `pip install onnxruntime`)"
+DEPLOY_INSTALL_HINT = (
+    "install it with `pip install --no-build-isolation -e '.[deploy]'` (or `pip install "
+    "onnxruntime`)"
+)
 # Detectron2's continuous pixel frame: the exported keypoints are network coordinates + 0.5.
 _PIXEL_CENTER_OFFSET = 0.5
 
@@ -56,11 +61,12 @@ class OnnxPosePredictor:
         path: file written by ``tools/export_onnx.py`` / ``grouppose.deploy.export_onnx``.
         num_threads: ONNX Runtime intra-op threads (None: its default, one per physical core).
         provider: "cpu", "cuda", or the name of any ONNX Runtime execution provider.
-        score_threshold: overrides the file's ``TEST_SCORE_THRESH`` when given.
+        score_threshold: overrides the file's ``TEST_SCORE_THRESH`` when given (in [0, 1]).
 
     Raises:
         ValueError naming the file when it is missing, not ONNX, or not a Group Pose export
-        (no ``grouppose`` metadata); ImportError with the install hint without onnxruntime.
+        (no ``grouppose`` metadata), or for a ``score_threshold`` outside [0, 1]; ImportError
+        with the install hint without onnxruntime.
     """
 
     def __init__(
@@ -70,6 +76,8 @@ class OnnxPosePredictor:
         provider: str = "cpu",
         score_threshold: Optional[float] = None,
     ):
+        if score_threshold is not None:
+            score_threshold = check_score_threshold(score_threshold)
         ort = _import_onnxruntime()
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):

@@ -51,7 +51,8 @@ def _has_training_target(record: Dict) -> bool:
 
 def training_dataset_dicts(cfg: CfgNode) -> List[Dict]:
     """The dicts of DATASETS.TRAIN, less the images DATALOADER.FILTER_EMPTY_ANNOTATIONS and
-    MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE filter out.
+    MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE filter out. One warning when they are fewer
+    than SOLVER.IMS_PER_BATCH (each batch then holds some images twice).
 
     Raises:
         ValueError naming the datasets and their json files when no image has a labeled
@@ -77,6 +78,11 @@ def training_dataset_dicts(cfg: CfgNode) -> List[Dict]:
         raise ValueError(
             f"no image of {described} has MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE = "
             f"{min_keypoints} labeled keypoints"
+        )
+    if len(dataset_dicts) < cfg.SOLVER.IMS_PER_BATCH:
+        logging.getLogger(__name__).warning(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is larger than the training set "
+            f"({len(dataset_dicts)} images of {described}): every batch repeats images"
         )
     return dataset_dicts
 
