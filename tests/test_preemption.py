@@ -3,7 +3,6 @@ PREEMPTED_EXIT_CODE; further signals during the save change nothing; in a multi-
 every process stops at the same step when one is signalled, and the launcher relays signals.
 (Resuming after a SIGTERM ends bit for bit where an uninterrupted run ends: test_resume.py.)"""
 
-import logging
 import os
 import re
 import signal
@@ -33,16 +32,6 @@ from grouppose.engine.preemption import PREEMPTED_EXIT_CODE, STOP_SIGNALS
 NO_EVAL = ["DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "1000"]
 
 
-@pytest.fixture
-def restore_grouppose_logger():
-    """Undo the handlers the Trainer gives the "grouppose" logger (see test_training_logs)."""
-    logger = logging.getLogger("grouppose")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
-
 
 class SignalAt(HookBase):
     """Sends this process ``signum`` at the end of step ``iteration`` (before other hooks)."""
@@ -55,8 +44,8 @@ class SignalAt(HookBase):
             os.kill(os.getpid(), self.signum)
 
 
-def test_signals_during_the_save_do_not_corrupt_it(tmp_path, monkeypatch,
-                                                   restore_grouppose_logger):
+@pytest.mark.usefixtures("restore_grouppose_logger", "one_cpu_thread")
+def test_signals_during_the_save_do_not_corrupt_it(tmp_path, monkeypatch):
     cfg = tiny_training_config(tmp_path / "data", tmp_path / "out",
                                ["SOLVER.MAX_ITER", "20", *NO_EVAL])
     trainer = Trainer(cfg)
