@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from training_utils import PACKAGE_ROOT, subprocess_env
 
-from grouppose.checkpoint import SafeCheckpointer
+from grouppose.checkpoint import SafeCheckpointer, UnsafeCheckpointError
 from grouppose.checkpoint.resume import NoReadableCheckpointError
 
 
@@ -69,7 +69,7 @@ KILLED_WRITER = textwrap.dedent(
     import io, os, signal, sys
     import torch
     from torch import nn
-    from grouppose.checkpoint import SafeCheckpointer
+    from grouppose.checkpoint import SafeCheckpointer, UnsafeCheckpointError
 
     model = nn.Linear(4, 3)
     nn.init.constant_(model.weight, 1.0)
@@ -136,7 +136,8 @@ def test_resume_without_a_readable_checkpoint_stops_with_one_line(tmp_path):
     _three_checkpoints(tmp_path)
     for iteration in (3, 7, 11):
         _truncate(tmp_path / f"model_{iteration:07d}.pth")
-    (tmp_path / "model_0000007.pth").write_text("not a checkpoint")
+    path = tmp_path / "model_0000007.pth"
+    path.write_bytes(bytes(path.stat().st_size))  # zeroed on disk
     with pytest.raises(NoReadableCheckpointError) as error:
         _resumed_weight(tmp_path)
     message = str(error.value)
@@ -146,3 +147,15 @@ def test_resume_without_a_readable_checkpoint_stops_with_one_line(tmp_path):
     positions = [message.index(f"model_{i:07d}.pth") for i in (11, 7, 3)]
     assert positions == sorted(positions)  # newest first
     assert "last_checkpoint" in message
+
+
+def test_resume_passes_over_a_refused_checkpoint_unless_all_are(tmp_path):
+    """A checkpoint refused because it could run code is passed over like a damaged one; when
+    all are refused, the refusal is the error (it names --trust-pickle)."""
+    _three_checkpoints(tmp_path)
+    torch.save({"model": {}, "code": print}, tmp_path / "model_0000011.pth")
+    assert _resumed_weight(tmp_path) == 7.0
+    for iteration in (3, 7):
+        (tmp_path / f"model_{iteration:07d}.pth").unlink()
+    with pytest.raises(UnsafeCheckpointError, match="model_0000011.pth: refused to load"):
+        _resumed_weight(tmp_path)

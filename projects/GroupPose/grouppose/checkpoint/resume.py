@@ -9,7 +9,7 @@ the files passed over; if none can be read, it stops with one line naming them a
 import logging
 import os
 import re
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple, Type
 
 __all__ = ["NoReadableCheckpointError", "newest_readable_checkpoint", "resume_candidates"]
 
@@ -39,33 +39,50 @@ def resume_candidates(save_dir: str, tagged: str) -> List[str]:
     return [tagged, *(os.path.join(save_dir, name) for name in others)]
 
 
-def _reason(error: BaseException) -> str:
-    """The first line of ``error``'s message (zip and pickle errors have long ones)."""
+def _reason(path: str, error: BaseException) -> str:
+    """Why ``path`` could not be read: the first line of ``error``'s message (zip and pickle
+    errors have long ones)."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "empty file"
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
 
 
 def newest_readable_checkpoint(
-    save_dir: str, tagged: str, read: Callable[[str], Dict[str, Any]]
+    save_dir: str,
+    tagged: str,
+    read: Callable[[str], Dict[str, Any]],
+    refusals: Tuple[Type[Exception], ...] = (),
 ) -> Tuple[str, Dict[str, Any]]:
     """The first of ``resume_candidates(save_dir, tagged)`` that ``read`` reads, and what it
     read.
 
+    Args:
+        refusals: errors of ``read`` that refuse a file rather than fail to read it (one that
+            could run code): passed over like the others, but when every candidate is refused,
+            the first refusal is raised as it is (it says how to read the file anyway).
+
     Raises:
         NoReadableCheckpointError naming every candidate and why it could not be read.
     """
-    unreadable = []
+    failures: List[Tuple[str, Exception]] = []
     for path in resume_candidates(save_dir, tagged):
         try:
             data = read(path)
         except Exception as e:  # whatever a damaged file makes torch.load or pickle raise
-            unreadable.append(f"'{path}' ({_reason(e)})")
+            failures.append((path, e))
             continue
-        if unreadable:
-            logger.warning(f"--resume: cannot read {', '.join(unreadable)}; resuming from "
+        if failures:
+            logger.warning(f"--resume: cannot read {_described(failures)}; resuming from "
                            f"'{path}', the newest checkpoint that can be read")
         return path, data
+    if refusals and all(isinstance(e, refusals) for _, e in failures):
+        raise failures[0][1] from None
     raise NoReadableCheckpointError(
-        f"--resume: no checkpoint can be read: {', '.join(unreadable)}; delete "
+        f"--resume: no checkpoint can be read: {_described(failures)}; delete "
         f"'{os.path.join(save_dir, 'last_checkpoint')}' to start the run again without them"
     )
+
+
+def _described(failures: List[Tuple[str, Exception]]) -> str:
+    return ", ".join(f"'{path}' ({_reason(path, error)})" for path, error in failures)

@@ -168,14 +168,16 @@ class SafeCheckpointer(DetectionCheckpointer):
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """With ``resume`` and a ``last_checkpoint`` in ``save_dir``: its checkpoint or, if
-        that cannot be read, the newest one that can (``newest_readable_checkpoint``), with
-        everything it holds; otherwise the model weights of ``path``."""
+        that cannot be read (or is refused), the newest one that can
+        (``newest_readable_checkpoint``), with everything it holds; otherwise the model weights
+        of ``path``."""
         if not (resume and self.has_checkpoint()):
             return super().resume_or_load(path, resume=resume)
         if self.save_to_disk:  # the process that writes checkpoints
             remove_stale_temporaries(self.save_dir)
         self._read_ahead = newest_readable_checkpoint(
-            self.save_dir, self.get_checkpoint_file(), self._load_file
+            self.save_dir, self.get_checkpoint_file(), self._load_file,
+            refusals=(UnsafeCheckpointError,),
         )
         return self.load(self._read_ahead[0])
 
