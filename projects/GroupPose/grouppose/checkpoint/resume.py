@@ -23,7 +23,7 @@ class NoReadableCheckpointError(RuntimeError):
     """No checkpoint of the output folder can be read."""
 
 
-def _newest_first_key(name: str) -> float:
+def _iteration_of(name: str) -> float:
     number = _CHECKPOINT_NAME.search(name).group(1)
     return float("inf") if number == "final" else int(number)
 
@@ -34,7 +34,7 @@ def resume_candidates(save_dir: str, tagged: str) -> List[str]:
     others = sorted(
         (name for name in os.listdir(save_dir)
          if _CHECKPOINT_NAME.search(name) and os.path.join(save_dir, name) != tagged),
-        key=_newest_first_key, reverse=True,
+        key=_iteration_of, reverse=True,
     )
     return [tagged, *(os.path.join(save_dir, name) for name in others)]
 
