@@ -1,8 +1,10 @@
 """SIGTERM / SIGUSR1 / SIGINT: training finishes the step, checkpoints it and exits with
 PREEMPTED_EXIT_CODE; further signals during the save change nothing; in a multi-process run
-every process stops at the same step when one is signalled, and the launcher relays signals.
+every process stops at the same step when one is signalled, the launcher relays signals, and
+data-loader workers outlive them.
 (Resuming after a SIGTERM ends bit for bit where an uninterrupted run ends: test_resume.py.)"""
 
+import multiprocessing
 import os
 import re
 import signal
@@ -74,6 +76,22 @@ def test_signals_during_the_save_do_not_corrupt_it(tmp_path, monkeypatch):
     assert checkpoint["model"].keys() == trainer.model.state_dict().keys()
     assert "received SIGUSR1: saving iteration 1" in (output_dir / "log.txt").read_text()
     assert not list(output_dir.glob(".*.tmp"))
+
+
+def test_data_loader_workers_outlive_the_signals(tmp_path):
+    """A scheduler signals every process of the job: a data-loader worker killed by it would
+    end the step in flight, so the workers ignore the signals."""
+    cfg = tiny_training_config(tmp_path / "data", tmp_path / "out",
+                               ["DATALOADER.NUM_WORKERS", "1"])
+    batches = iter(Trainer.build_train_loader(cfg))
+    next(batches)
+    workers = multiprocessing.active_children()
+    assert len(workers) == 1
+    for signum in STOP_SIGNALS:
+        os.kill(workers[0].pid, signum)
+    time.sleep(0.5)
+    assert workers[0].is_alive()
+    assert len(next(batches)) == 4
 
 
 # Run as a script: torch.multiprocessing starts the workers by importing its __main__, which
