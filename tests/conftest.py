@@ -1,5 +1,7 @@
-"""Shared pytest fixtures: the official reference tensors and device selection."""
+"""Shared pytest fixtures: the official reference tensors, device selection, and what an
+in-process Trainer changes (the grouppose logger, the CPU threads)."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -41,3 +43,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture
+def restore_grouppose_logger():
+    """Undo the handlers and settings the Trainer gives the "grouppose" logger, so that later
+    tests still see its records through pytest's caplog (on the root logger)."""
+    logger = logging.getLogger("grouppose")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+@pytest.fixture
+def one_cpu_thread():
+    """Train in this process with one CPU thread, as the training subprocesses do: several
+    threads on a shared machine make the tiny model's steps several times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

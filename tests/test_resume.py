@@ -1,7 +1,9 @@
-"""Kill training (SIGKILL) between checkpoints, --resume, and end where an uninterrupted run
-ends: same iteration, weights, optimizer state, learning rate and data order."""
+"""Kill training (SIGKILL) between checkpoints, or stop it with SIGTERM between them, --resume,
+and end where an uninterrupted run ends: same iteration, weights, optimizer state, learning rate
+and data order."""
 
 import itertools
+import signal
 import subprocess
 import time
 
@@ -16,6 +18,7 @@ from training_utils import (
 )
 
 from grouppose.engine import Trainer
+from grouppose.engine.preemption import PREEMPTED_EXIT_CODE
 
 MAX_ITER, PERIOD = 12, 4
 OPTS = ["SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", str(PERIOD),
@@ -24,9 +27,9 @@ OPTS = ["SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", str(PERIOD
 FIRST_CHECKPOINT = f"model_{PERIOD - 1:07d}.pth"
 
 
-def kill_after_first_checkpoint(data_root, output_dir, timeout=300.0) -> None:
-    """Start training, SIGKILL it as soon as its first periodic checkpoint is complete
-    (``last_checkpoint`` names it), and check it was still running then."""
+def signal_after_first_checkpoint(data_root, output_dir, signum, timeout=300.0) -> int:
+    """Start training, send it ``signum`` as soon as its first periodic checkpoint is complete
+    (``last_checkpoint`` names it), check it was still running then; its exit status."""
     process = subprocess.Popen(
         train_net_command(data_root, output_dir, opts=OPTS), env=subprocess_env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT,
@@ -40,12 +43,19 @@ def kill_after_first_checkpoint(data_root, output_dir, timeout=300.0) -> None:
             if time.monotonic() > deadline:
                 pytest.fail("no checkpoint within the timeout")
             time.sleep(0.02)
-        process.kill()
+        process.send_signal(signum)
+        return process.wait(timeout=timeout)
     finally:
         process.kill()
-        returncode = process.wait()
-    assert returncode == -9, "training finished before it could be killed"
-    assert not (output_dir / "model_final.pth").exists()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The tiny datasets' folder and the final checkpoint of an uninterrupted run."""
+    root = tmp_path_factory.mktemp("resume")
+    run_train_net(root / "data", root / "straight", opts=OPTS)
+    return root / "data", load_checkpoint(root / "straight" / "model_final.pth")
 
 
 def load_checkpoint(path):
@@ -58,14 +68,14 @@ def assert_same_tensors(a, b, what, rtol=1e-4, atol=1e-6):
         torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=f"{what} {key}")
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    data_root = tmp_path / "data"
-    run_train_net(data_root, tmp_path / "straight", opts=OPTS)
-    kill_after_first_checkpoint(data_root, tmp_path / "killed")
+def test_sigkill_then_resume_matches_uninterrupted_run(straight_run, tmp_path):
+    data_root, straight = straight_run
+    assert signal_after_first_checkpoint(data_root, tmp_path / "killed", signal.SIGKILL) == -9, \
+        "training finished before it could be killed"
+    assert not (tmp_path / "killed" / "model_final.pth").exists()
     output = run_train_net(data_root, tmp_path / "killed", args=["--resume"], opts=OPTS)
     assert f"Starting training from iteration {PERIOD}" in output
 
-    straight = load_checkpoint(tmp_path / "straight" / "model_final.pth")
     resumed = load_checkpoint(tmp_path / "killed" / "model_final.pth")
     assert straight["iteration"] == resumed["iteration"] == MAX_ITER - 1
     trainer_states = straight["trainer"], resumed["trainer"]
@@ -83,6 +93,36 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
         assert_same_tensors(state, optimizers[1]["state"][index], f"optimizer state {index}")
     # same weights: the resumed run saw the same batches with the same augmentations
     assert_same_tensors(straight["model"], resumed["model"], "weights")
+
+
+def test_sigterm_checkpoints_the_step_and_resume_is_bitwise(straight_run, tmp_path):
+    """SIGTERM during the step after the first checkpoint: that step finishes, is checkpointed
+    (between the periodic checkpoints, unless the machine is too slow to signal in time) and
+    the exit status says "preempted"; --resume ends with the uninterrupted run's weights and
+    optimizer state, bit for bit (one thread: CPU results are reproducible)."""
+    data_root, straight = straight_run
+    output_dir = tmp_path / "stopped"
+    assert signal_after_first_checkpoint(data_root, output_dir, signal.SIGTERM) == \
+        PREEMPTED_EXIT_CODE
+    stopped_at = int((output_dir / "last_checkpoint").read_text().strip()[len("model_"):-4])
+    assert PERIOD <= stopped_at < MAX_ITER - 1
+    checkpoint = load_checkpoint(output_dir / f"model_{stopped_at:07d}.pth")
+    assert checkpoint["iteration"] == checkpoint["trainer"]["iteration"] == stopped_at
+    log = (output_dir / "log.txt").read_text()
+    assert f"received SIGTERM: saving iteration {stopped_at}" in log
+    assert not (output_dir / "model_final.pth").exists()
+
+    output = run_train_net(data_root, output_dir, args=["--resume"], opts=OPTS)
+    assert f"Starting training from iteration {stopped_at + 1}" in output
+    resumed = load_checkpoint(output_dir / "model_final.pth")
+    assert resumed["iteration"] == straight["iteration"]
+    assert resumed["model"].keys() == straight["model"].keys()
+    for name, weight in straight["model"].items():
+        assert torch.equal(resumed["model"][name], weight), name
+    optimizers = [s["trainer"]["_trainer"]["optimizer"] for s in (straight, resumed)]
+    for index, state in optimizers[0]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(optimizers[1]["state"][index][key], value), (index, key)
 
 
 def test_batches_depend_only_on_seed_and_iteration(tmp_path):

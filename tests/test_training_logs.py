@@ -1,24 +1,9 @@
 """The grouppose package's log records (e.g. the dataset load summaries) reach OUTPUT_DIR/log.txt
 and the console when training and with --eval-only, as Detectron2's do."""
 
-import logging
-
-import pytest
 from training_utils import TRAIN_SET, VAL_SET, tiny_training_config
 
 from grouppose.engine import Trainer
-
-
-@pytest.fixture
-def restore_grouppose_logger():
-    """Undo the handlers and settings the Trainer gives the "grouppose" logger, so that later
-    tests still see its records through pytest's caplog (on the root logger)."""
-    logger = logging.getLogger("grouppose")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
 
 
 def _summary(dataset_name: str) -> str:

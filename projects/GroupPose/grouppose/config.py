@@ -104,6 +104,9 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     # Input keys of the paper's crop branch (grouppose.data.build_augmentation).
     cfg.INPUT.CROP_RESIZE_SIZES = (400, 500, 600)  # short sides of the resize before the crop
     cfg.INPUT.CROP_PROB = 0.5  # probability of the crop branch
+    # Distinct unreadable training images tolerated (each replaced by another image, see
+    # grouppose.data.unreadable_images); one more stops training. -1: 1 % of the images.
+    cfg.DATALOADER.MAX_BAD_IMAGES = -1
 
 
 def get_grouppose_cfg(config_file: str = "", opts: Sequence = ()) -> CfgNode:

@@ -7,7 +7,8 @@ error. So files are decoded with PIL, which raises on truncated files, and:
 - grayscale, palette, CMYK and RGBA images become three channels (alpha dropped);
 - 16-bit images (PIL modes ``I;16*`` and ``I``) are scaled to 8 bits by 255 / 65535;
 - the EXIF orientation is applied, as Detectron2 does;
-- a missing, truncated or undecodable file raises a ``ValueError`` naming the file.
+- a missing, truncated or undecodable file raises an ``UnreadableImageError`` (a ``ValueError``)
+  naming the file.
 Arrays given to the predictor get the same conversions (``as_bgr_uint8``).
 
 Files are opened with Detectron2's ``PathManager`` (URLs, registered path prefixes) where
@@ -26,7 +27,10 @@ try:
 except ModuleNotFoundError:
     PathManager = None
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageLike", "as_bgr_uint8", "read_image", "to_bgr_uint8"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "ImageLike", "UnreadableImageError", "as_bgr_uint8", "read_image",
+    "to_bgr_uint8",
+]
 
 # Files a folder given to the demo is searched for (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -36,6 +40,10 @@ ImageLike = Union[str, os.PathLike, np.ndarray]
 SUPPORTED_FORMATS = ("RGB", "BGR")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _UINT16_TO_UINT8 = 255.0 / 65535.0
+
+
+class UnreadableImageError(ValueError):
+    """An image file is missing, empty, truncated or not an image."""
 
 
 def _to_eight_bit(image: Image.Image) -> Image.Image:
@@ -62,8 +70,8 @@ def read_image(file_name: Union[str, os.PathLike], image_format: str = "BGR") ->
         (H, W, 3) uint8 array in ``image_format`` channel order.
 
     Raises:
-        ValueError naming ``file_name`` when it is missing, truncated or not an image, and
-        naming ``image_format`` when it is not supported.
+        UnreadableImageError naming ``file_name`` when it is missing, empty, truncated or not an
+        image; ValueError naming ``image_format`` when it is not supported.
     """
     file_name = os.fspath(file_name)
     if image_format not in SUPPORTED_FORMATS:
@@ -79,10 +87,10 @@ def read_image(file_name: Union[str, os.PathLike], image_format: str = "BGR") ->
             rgb = np.asarray(image.convert("RGB"))
             return rgb[:, :, ::-1] if image_format == "BGR" else rgb
     except FileNotFoundError as e:
-        raise ValueError(f"image file not found: '{file_name}'") from e
+        raise UnreadableImageError(f"image file not found: '{file_name}'") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # PIL reports corrupt and truncated files as OSError (UnidentifiedImageError included).
-        raise ValueError(f"cannot read image '{file_name}': {e}") from e
+        raise UnreadableImageError(f"cannot read image '{file_name}': {e}") from e
 
 
 def as_bgr_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:

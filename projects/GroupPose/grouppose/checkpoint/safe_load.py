@@ -23,11 +23,14 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
+
+from grouppose.checkpoint.atomic import AtomicWrites, remove_stale_temporaries
+from grouppose.checkpoint.resume import newest_readable_checkpoint
 
 __all__ = [
     "CorruptCheckpointError", "SafeCheckpointer", "UnsafeCheckpointError",
@@ -206,7 +209,9 @@ class SafeCheckpointer(DetectionCheckpointer):
 
     It loads what Detectron2 loads (its own, model-zoo, Caffe2 and pycls files) but refuses files
     that could run code, unless ``trust_pickle``. Every entry point of this project loads
-    ``MODEL.WEIGHTS`` and resumes through it.
+    ``MODEL.WEIGHTS`` and resumes through it. It also writes checkpoints and
+    ``last_checkpoint`` atomically (``grouppose.checkpoint.atomic``) and resumes from the newest
+    checkpoint that can be read (``grouppose.checkpoint.resume``).
 
     Attributes:
         incompatible_keys: missing / unexpected keys of the last ``load`` (None before it).
@@ -216,6 +221,24 @@ class SafeCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.trust_pickle = trust_pickle
         self.incompatible_keys: Optional[Any] = None
+        self.path_manager = AtomicWrites(self.path_manager)
+        # (path, contents) of the checkpoint resume_or_load has read already, to load once.
+        self._read_ahead: Optional[Tuple[str, Dict[str, Any]]] = None
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """With ``resume`` and a ``last_checkpoint`` in ``save_dir``: its checkpoint or, if
+        that cannot be read (or is refused), the newest one that can
+        (``newest_readable_checkpoint``), with everything it holds; otherwise the model weights
+        of ``path``."""
+        if not (resume and self.has_checkpoint()):
+            return super().resume_or_load(path, resume=resume)
+        if self.save_to_disk:  # the process that writes checkpoints
+            remove_stale_temporaries(self.save_dir)
+        self._read_ahead = newest_readable_checkpoint(
+            self.save_dir, self.get_checkpoint_file(), self._load_file,
+            refusals=(UnsafeCheckpointError,),
+        )
+        return self.load(self._read_ahead[0])
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         # fvcore would fail on a missing local file with a bare AssertionError.
@@ -224,6 +247,9 @@ class SafeCheckpointer(DetectionCheckpointer):
         return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        if self._read_ahead is not None and self._read_ahead[0] == filename:
+            contents, self._read_ahead = self._read_ahead[1], None
+            return contents
         return _as_detectron2_checkpoint(filename, read_weights_file(filename, self.trust_pickle))
 
     def _load_model(self, checkpoint: Dict[str, Any]):

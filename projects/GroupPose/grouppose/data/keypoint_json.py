@@ -13,7 +13,7 @@ Errors (``ValueError``):
       other);
     - an annotation whose ``category_id`` is not in the json's ``categories``;
     - several categories with keypoints (see ``keypoint_category``), or none that can be told;
-    - an image file that does not exist;
+    - image files of which none exists (e.g. a wrong image root);
     - an annotation whose keypoint list does not hold 3 * K numbers (K = the dataset's
       ``keypoint_names``), or holds something that is not a number (e.g. ``null``);
     - a bbox with a non-finite value.
@@ -23,6 +23,10 @@ Counted skips (one warning line):
     - a labeled keypoint outside the image becomes unlabeled (as Detectron2 does after
       augmentation);
     - a person (iscrowd = 0) with neither a positive "area" nor a positive box is dropped.
+
+Missing image files, when some exist, are one warning line: training replaces them (and counts
+them against DATALOADER.MAX_BAD_IMAGES, see ``grouppose.data.unreadable_images``), so that a
+requeued run does not end at a file lost since its start; evaluation stops at the first.
 
 Counted notes (one info line; nothing valid is lost):
     - annotations of categories other than the keypoint category (e.g. "dog" next to "person")
@@ -287,11 +291,14 @@ def _load_coco_records(json_file: str, image_root: str) -> List[dict]:
 
 def _check_image_files(records: List[dict], json_file: str) -> None:
     missing = [r["file_name"] for r in records if not PathManager.isfile(r["file_name"])]
-    if missing:
-        raise ValueError(
-            f"{json_file}: {len(missing)} of {len(records)} image files are missing, e.g. "
-            + ", ".join(f"'{m}'" for m in missing[:_MAX_QUOTED])
-        )
+    if not missing:
+        return
+    message = (f"{json_file}: {len(missing)} of {len(records)} image files are missing, e.g. "
+               + ", ".join(f"'{m}'" for m in missing[:_MAX_QUOTED]))
+    if len(missing) == len(records):
+        raise ValueError(message)
+    logger.warning(f"{message}; training replaces them by other images (DATALOADER."
+                   "MAX_BAD_IMAGES), evaluation stops at the first")
 
 
 def _check_keypoint_count(annotation: dict, json_file: str, num_keypoints: int) -> None:

@@ -10,7 +10,9 @@ seed and of the sample's *position* in the global stream:
 - iteration i uses positions ``i * B ... i * B + B - 1`` (B = SOLVER.IMS_PER_BATCH); process r
   of W takes ``i * B + r + W * j`` for j < B / W (the ``TrainingSampler`` interleaving);
 - the mapper (augmentations) runs with Python's, NumPy's and torch's CPU RNGs seeded from
-  (seed, p), and these RNGs are restored afterwards.
+  (seed, p), and these RNGs are restored afterwards;
+- an image that cannot be read is replaced by the next one of the set, with the seed of
+  (seed, p, attempt), and reported (``grouppose.data.unreadable_images``).
 
 So a run resumed at iteration i continues with exactly the batches the uninterrupted run would
 have used, for any number of data-loader workers, and W processes see the same images and
@@ -26,6 +28,10 @@ import torch
 from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from grouppose.data.unreadable_images import UNREADABLE_KEY, Report, pop_unreadable
+from grouppose.engine.preemption import ignore_stop_signals
+from grouppose.image_io import UnreadableImageError
 
 __all__ = ["TrainingBatches", "TrainingStream", "derive_seed"]
 
@@ -109,13 +115,26 @@ class TrainingStream(IterableDataset):
 
     def sample(self, position: int) -> Dict:
         """The mapped dict at stream ``position``. When the mapper drops an image (returns
-        None), the next images in dataset order are tried, still deterministically."""
+        None) or cannot read it, the next images in dataset order are tried, still
+        deterministically; a replacement carries the unreadable ones' reports (UNREADABLE_KEY)."""
         index = self.image_index(position)
+        unreadable: List[Report] = []
         for attempt in range(len(self.dataset)):
+            record = self.dataset[(index + attempt) % len(self.dataset)]
             with seeded_rngs(derive_seed(self.seed, _SAMPLE, position, attempt)):
-                mapped = self.mapper(self.dataset[(index + attempt) % len(self.dataset)])
+                try:
+                    mapped = self.mapper(record)
+                except UnreadableImageError as e:
+                    unreadable.append((record["file_name"], str(e)))
+                    continue
             if mapped is not None:
+                if unreadable:
+                    mapped[UNREADABLE_KEY] = unreadable
                 return mapped
+        if unreadable:
+            raise UnreadableImageError(
+                f"no image of DATASETS.TRAIN can be read, e.g. {unreadable[0][1]}"
+            )
         raise ValueError("the training mapper dropped every image of DATASETS.TRAIN")
 
 
@@ -130,6 +149,10 @@ class TrainingBatches:
     Iterating builds the DataLoader (and starts its workers) lazily, at the first batch, so that
     ``start_iter`` and ``seed`` can be set from a checkpoint after the trainer is constructed
     (Detectron2's SimpleTrainer calls ``iter()`` on its loader in its constructor).
+
+    Attributes:
+        unreadable: reports of the unreadable images replaced in the batches yielded so far,
+            for ``grouppose.engine.unreadable_image_hook`` to take.
     """
 
     def __init__(
@@ -147,11 +170,15 @@ class TrainingBatches:
         self.num_workers = num_workers
         self.seed = seed
         self.start_iter = 0
+        self.unreadable: List[Report] = []
 
     def __iter__(self) -> Iterator[List[Dict]]:
         stream = TrainingStream(
             self.dataset, self.mapper, self.total_batch_size, self.seed, self.start_iter
         )
-        yield from DataLoader(
-            stream, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is
-        )
+        for batch in DataLoader(
+            stream, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
+            worker_init_fn=ignore_stop_signals,
+        ):
+            self.unreadable.extend(pop_unreadable(batch))
+            yield batch

@@ -2,7 +2,9 @@
 
 Detectron2 0.6's ``launch`` requires CUDA (NCCL, one GPU per process). Without a GPU, this one
 starts the processes itself and joins them with the gloo backend, the way upstream Detectron2
-does today; with a GPU it is Detectron2's ``launch``.
+does today; with a GPU it is Detectron2's ``launch``. With several processes, the launcher passes
+SIGTERM, SIGUSR1 and SIGINT on to them and exits with their preemption status
+(``grouppose.engine.preemption``).
 """
 
 import socket
@@ -14,6 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine import launch as detectron2_launch
 from detectron2.utils import comm
+
+from grouppose.engine.preemption import relay_preemption
 
 __all__ = ["launch"]
 
@@ -78,16 +82,21 @@ def launch(
             f"invalid --num-gpus {num_processes_per_machine} / --num-machines {num_machines} / "
             f"--machine-rank {machine_rank}"
         )
-    if world_size == 1 or torch.cuda.is_available():
-        detectron2_launch(main_func, num_processes_per_machine, num_machines, machine_rank,
-                          dist_url, args=tuple(args), timeout=timeout)
+    if world_size == 1:  # in this process, which handles the signals itself
+        detectron2_launch(main_func, 1, num_machines, machine_rank, dist_url, args=tuple(args),
+                          timeout=timeout)
         return
-    if dist_url == "auto":
-        if num_machines > 1:
-            raise ValueError("--dist-url auto only works on one machine")
-        dist_url = _free_local_url()
-    mp.spawn(
-        _cpu_worker, nprocs=num_processes_per_machine, daemon=False,
-        args=(main_func, num_processes_per_machine, num_machines, machine_rank, dist_url,
-              tuple(args), timeout),
-    )
+    with relay_preemption():
+        if torch.cuda.is_available():
+            detectron2_launch(main_func, num_processes_per_machine, num_machines, machine_rank,
+                              dist_url, args=tuple(args), timeout=timeout)
+            return
+        if dist_url == "auto":
+            if num_machines > 1:
+                raise ValueError("--dist-url auto only works on one machine")
+            dist_url = _free_local_url()
+        mp.spawn(
+            _cpu_worker, nprocs=num_processes_per_machine, daemon=False,
+            args=(main_func, num_processes_per_machine, num_machines, machine_rank, dist_url,
+                  tuple(args), timeout),
+        )

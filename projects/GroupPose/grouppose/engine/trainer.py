@@ -16,17 +16,20 @@ from detectron2.data.build import (
     filter_images_with_few_keypoints,
     filter_images_with_only_crowd_annotations,
 )
-from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from grouppose.checkpoint import SafeCheckpointer
 from grouppose.data import GroupPoseDatasetMapper
+from grouppose.data.unreadable_images import max_bad_images
 from grouppose.engine.accumulation import micro_batches_per_step
 from grouppose.engine.data_stream import TrainingBatches
 from grouppose.engine.optimizer import build_optimizer
+from grouppose.engine.preemption import PreemptionHook
 from grouppose.engine.train_loop import training_step_class
+from grouppose.engine.unreadable_image_hook import UnreadableImageHook
 from grouppose.evaluation import build_keypoint_evaluator
 
 __all__ = ["Trainer", "setup_grouppose_logger", "training_dataset_dicts"]
@@ -128,8 +131,10 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with Group Pose's mapper, keypoint evaluators, the paper's optimizer, a
     resumable data stream, gradient accumulation (SOLVER.IMS_PER_DEVICE, see
     grouppose.engine.accumulation), a non-finite-loss guard, checkpoints that include the
-    optimizer (and AMP grad scaler) state, CPU multi-process training, and weights read without
-    running code from them unless ``trust_pickle`` (see ``SafeCheckpointer``).
+    optimizer (and AMP grad scaler) state, CPU multi-process training, weights read without
+    running code from them unless ``trust_pickle`` (see ``SafeCheckpointer``), a checkpoint and
+    exit on SIGTERM / SIGUSR1 / SIGINT (``grouppose.engine.preemption``) and unreadable training
+    images replaced (``grouppose.data.unreadable_images``).
 
     ``__init__``, ``build_model`` and ``test`` set up the grouppose logger for cfg.OUTPUT_DIR
     (``setup_grouppose_logger``): training constructs a Trainer, --eval-only only calls the
@@ -158,6 +163,19 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self) -> List[hooks.HookBase]:
+        """Detectron2's hooks, and right after the LR scheduler's (so that they see the state
+        a periodic checkpoint of the step holds): unreadable images, then preemption."""
+        hook_list = super().build_hooks()
+        after_scheduler = 1 + next(
+            i for i, hook in enumerate(hook_list) if isinstance(hook, hooks.LRScheduler)
+        )
+        limit = max_bad_images(self.cfg.DATALOADER.MAX_BAD_IMAGES, len(self.data_loader.dataset))
+        hook_list[after_scheduler:after_scheduler] = [
+            UnreadableImageHook(self.data_loader, limit), PreemptionHook(),
+        ]
+        return hook_list
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Load the last checkpoint of OUTPUT_DIR (``resume``) or MODEL.WEIGHTS, then start the
