@@ -5,7 +5,8 @@ following ReLU is one more pass over the result; at the encoder's sizes (tens of
 rows, 2048 FFN channels) those passes cost a quarter of the GEMM. oneDNN's linear (the kernel that
 PyTorch's own CPU compiler emits) adds the bias and applies the ReLU while it writes the output,
 and its sgemm is also faster on this kind of CPU. It has no autograd formula, so it is used only
-where no gradient is recorded (inference), on float32 and bfloat16 CPU tensors, outside tracing
+where no gradient is recorded (inference), on float32 and (where the CPU has bf16 instructions)
+bfloat16 CPU tensors, outside tracing
 and compilation (which see the standard op); everything else runs ``F.linear``.
 """
 
@@ -24,7 +25,17 @@ _ONEDNN_LINEAR = (
     getattr(torch.ops.mkldnn, "_linear_pointwise", None)
     if torch.backends.mkldnn.is_available() else None
 )
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _onednn_dtypes() -> Tuple[torch.dtype, ...]:
+    """The dtypes oneDNN's linear takes on this CPU: bfloat16 needs bf16 instructions (AVX512
+    or newer; oneDNN refuses to create the primitive on an AVX2 CPU, or under
+    ONEDNN_MAX_CPU_ISA=AVX2), where bf16 then runs ``F.linear``."""
+    bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return (torch.float32, torch.bfloat16) if bf16 is not None and bf16() else (torch.float32,)
+
+
+_ONEDNN_DTYPES = _onednn_dtypes() if _ONEDNN_LINEAR is not None else ()
 
 
 def runs_onednn(x: Tensor) -> bool:
