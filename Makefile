@@ -50,10 +50,13 @@ $(STAMPS)/xtcocotools: $(STAMPS)/detectron2
 	$(PIP) install --quiet --no-build-isolation --no-binary xtcocotools xtcocotools
 	@touch $@
 
-# Editable install with the test and deploy (ONNX export, ONNX Runtime) extras; rebuilds
-# the compiled op (grouppose._C) when its sources change.
+# Editable install with the test, deploy (ONNX export, ONNX Runtime) and track (tracking)
+# extras; rebuilds the compiled op (grouppose._C) when its sources change. norfair (the
+# tracker) pins numpy < 2 in its metadata although its code runs on numpy 2 (tests/
+# test_tracking.py), so it is installed without dependencies; the track extra brings the rest.
 $(STAMPS)/grouppose: $(STAMPS)/detectron2 $(STAMPS)/xtcocotools setup.py $(CSRC)
-	$(PIP) install --quiet --no-build-isolation -e ".[test,deploy]"
+	$(PIP) install --quiet --no-build-isolation -e ".[test,deploy,track]"
+	$(PIP) install --quiet --no-deps "norfair==2.3.0"
 	@touch $@
 
 lint: setup
