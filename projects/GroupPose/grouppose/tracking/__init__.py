@@ -1,7 +1,7 @@
 """Poses over time: identities across video frames (``PoseTracker``), One-Euro smoothing of
 keypoints (``KeypointSmoother``), drawing by identity and PoseTrack-style JSON output.
 
-``PoseTracker`` needs the ``track`` extra (norfair); the rest needs only numpy and OpenCV.
+Needs the ``track`` extra (norfair); importing without it names the install command.
 """
 
 from grouppose.tracking.drawing import draw_tracked_poses, track_color

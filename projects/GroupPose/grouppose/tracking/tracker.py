@@ -82,12 +82,12 @@ def _pose_areas(points: np.ndarray, visible: np.ndarray) -> np.ndarray:
 
 class OksDistance(Distance):
     """norfair distance between poses: 1 - OKS of each tracked pose's predicted keypoints
-    against each detected pose, over the detection's keypoints scored above a threshold, with
-    the detection's keypoint box area as the scale."""
+    against each detected pose, over the detection's keypoints scored above the tracker's
+    threshold (the detection's ``data[2]``), with the detection's keypoint box area as the
+    scale."""
 
-    def __init__(self, sigmas: torch.Tensor, keypoint_threshold: float):
+    def __init__(self, sigmas: torch.Tensor):
         self.sigmas = sigmas
-        self.keypoint_threshold = keypoint_threshold
 
     def get_distances(self, objects, candidates) -> np.ndarray:
         """(len(candidates), len(objects)) distances in [0, 1]."""
@@ -95,7 +95,7 @@ class OksDistance(Distance):
             return np.ones((len(candidates or ()), len(objects)), dtype=np.float32)
         predicted = np.stack([o.estimate for o in objects])  # (T, K, 2)
         detected = np.stack([c.points for c in candidates])  # (C, K, 2)
-        visible = np.stack([c.scores for c in candidates]) > self.keypoint_threshold
+        visible = np.stack([c.data[2] for c in candidates])  # (C, K) scored above threshold
         # A pose with no keypoint above the threshold is compared on all of them.
         visible[~visible.any(1)] = True
         similarity = pairwise_keypoint_similarity(
@@ -175,7 +175,7 @@ class PoseTracker:
         # norfair's constructor takes names or scalar (pair by pair) functions only; its public
         # ``distance_function`` attribute takes any ``Distance``, and one OKS matrix per frame
         # is ~20x faster than 20 x 20 scalar calls.
-        tracker.distance_function = OksDistance(self.sigmas, self.keypoint_threshold)
+        tracker.distance_function = OksDistance(self.sigmas)
         return tracker
 
     def update(self, keypoints: ArrayLike, scores: ArrayLike) -> np.ndarray:
@@ -199,13 +199,18 @@ class PoseTracker:
                 f"keypoints have K={keypoints.shape[1]} keypoints, earlier frames had "
                 f"{len(self.sigmas)}"
             )
-        detections: List[Detection] = [
-            Detection(points=pose[:, :2], scores=pose[:, 2], data=(self._frame, index))
-            for index, pose in enumerate(keypoints)
-        ]
+        detections: List[Detection] = []
+        for index, pose in enumerate(keypoints):
+            visible = pose[:, 2] > self.keypoint_threshold
+            # Without scores norfair updates every point's filter, on its fast path (its path
+            # with scores builds per-point masks in Python, ~2x the cost of the whole update).
+            detections.append(Detection(
+                points=pose[:, :2], scores=None if visible.all() else pose[:, 2],
+                data=(self._frame, index, visible),
+            ))
         ids = np.full(len(keypoints), -1, dtype=np.int64)
         for track in self._tracker.update(detections):
-            frame, index = track.last_detection.data
+            frame, index, _ = track.last_detection.data
             if frame == self._frame:  # matched in this frame, not only predicted
                 ids[index] = track.id
         return ids
