@@ -87,7 +87,8 @@ def test_script_reports_accuracy_timing_and_smoothing(tmp_path, capsys):
     for metrics in results["accuracy"].values():
         assert 0 < metrics["idf1"] <= 1 and metrics["mota"] <= 1
         assert metrics["id_switches_per_100_frames"] >= 0
-    assert list(results["ms_per_frame"]) == ["5"] and results["ms_per_frame"]["5"] > 0
+    assert list(results["ms_per_frame"]) == ["5"]
+    assert results["ms_per_frame"]["5"]["wall"] > 0 and results["ms_per_frame"]["5"]["cpu"] > 0
     smoothing = results["smoothing"]
     assert smoothing["jitter_after_px"] < smoothing["jitter_before_px"]
     assert figure.stat().st_size > 0
