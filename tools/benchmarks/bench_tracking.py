@@ -39,6 +39,8 @@ _TEMPLATE = np.array([
 ])
 _LEFT_SWING, _RIGHT_SWING = [9, 16], [10, 15]  # wrist and opposite ankle swing together
 _WIDTH_RATIO = 0.4  # box width / height of a person, for the true pose's OKS area
+# (min_cutoff Hz, beta per pixel) of KeypointSmoother compared with its defaults.
+SMOOTHING_SETTINGS = ((0.5, 0.05), (2.0, 0.05), (1.0, 0.0), (1.0, 0.2))
 
 
 @dataclass
@@ -248,9 +250,12 @@ def smoothing_effect(num_frames: int, seed: int, smoother: KeypointSmoother) -> 
     # An output lagging t frames behind is off by -t * velocity: t = -(error . v) / |v|^2.
     speed_squared = (velocity ** 2).sum(-1)
     moving = speed_squared > 0.25
-    lag = -(smoothed * velocity).sum(-1)[moving] / speed_squared[moving]
+
+    def lag(errors: np.ndarray) -> float:
+        return float(np.mean(-(errors * velocity).sum(-1)[moving] / speed_squared[moving]))
+
     return {"jitter_before_px": jitter(raw), "jitter_after_px": jitter(smoothed),
-            "lag_frames": float(np.mean(lag))}
+            "lag_before_frames": lag(raw), "lag_frames": lag(smoothed)}
 
 
 def plot(results: Dict, path: str) -> None:
@@ -315,6 +320,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         results["ms_per_frame"][str(num_people)] = time_per_frame(num_people, args.frames,
                                                                   args.seed)
     results["smoothing"] = smoothing_effect(args.frames, args.seed, KeypointSmoother())
+    results["smoothing_settings"] = [
+        {"min_cutoff": min_cutoff, "beta": beta, **smoothing_effect(
+            args.frames, args.seed, KeypointSmoother(min_cutoff=min_cutoff, beta=beta))}
+        for min_cutoff, beta in SMOOTHING_SETTINGS
+    ]
 
     print(f"{'set':12} {'IDF1':>6} {'MOTA':>6} {'IDsw/100f':>10}")
     for scenario, metrics in results["accuracy"].items():
@@ -322,9 +332,12 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{metrics['id_switches_per_100_frames']:10.2f}")
     for num_people, ms in results["ms_per_frame"].items():
         print(f"{num_people:>3} people: {ms['wall']:.2f} ms per frame ({ms['cpu']:.2f} ms CPU)")
-    smoothing = results["smoothing"]
-    print(f"One-Euro smoothing: jitter {smoothing['jitter_before_px']:.2f} -> "
-          f"{smoothing['jitter_after_px']:.2f} px, lag {smoothing['lag_frames']:.2f} frames")
+    for smoothing in [results["smoothing"], *results["smoothing_settings"]]:
+        setting = (f"min_cutoff {smoothing['min_cutoff']}, beta {smoothing['beta']}"
+                   if "beta" in smoothing else "defaults")
+        print(f"One-Euro smoothing ({setting}): jitter {smoothing['jitter_before_px']:.2f} -> "
+              f"{smoothing['jitter_after_px']:.2f} px, lag {smoothing['lag_before_frames']:.2f} "
+              f"-> {smoothing['lag_frames']:.2f} frames")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
