@@ -94,6 +94,26 @@ def test_bad_input_is_refused_with_a_clear_error(keypoints, scores, message):
         PoseTracker().update(keypoints, scores)
 
 
+def test_reset_lets_the_next_video_have_another_keypoint_count():
+    tracker = PoseTracker(min_hits=1)
+    tracker.update(frame((100, 100)), np.ones(1))
+    tracker.reset()
+    crowdpose = np.concatenate([SHAPE[:14] + 100, np.ones((14, 1))], axis=1)[None]
+    assert tracker.update(crowdpose, np.ones(1)).tolist() == [1]
+    assert len(tracker.sigmas) == 14
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"max_missed": 0}, "max_missed must be >= 1"),
+    ({"max_missed": 3, "min_hits": 4}, r"min_hits must be in \[1, max_missed = 3\]"),
+    ({"min_oks": 1.0}, r"min_oks must be in \(0, 1\)"),
+    ({"sigmas": [0.1, -0.1]}, "sigmas must all be > 0"),
+])
+def test_bad_arguments_are_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        PoseTracker(**arguments)
+
+
 def test_a_change_of_keypoint_count_is_refused():
     tracker = PoseTracker()
     tracker.update(frame((100, 100)), np.ones(1))
