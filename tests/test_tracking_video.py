@@ -31,7 +31,7 @@ from grouppose.data.synthetic_figures import (  # noqa: E402
 from grouppose.engine import Trainer  # noqa: E402
 from grouppose.modeling.oks import COCO_OKS_SIGMAS  # noqa: E402
 
-pytestmark = pytest.mark.slow  # trains a model: about a minute on one CPU thread
+pytestmark = pytest.mark.slow  # trains a model: 2-4 minutes on one (shared) CPU thread
 
 VIDEO_SET = "tracking_video_frames"
 NUM_FRAMES = 12
@@ -104,7 +104,7 @@ def oks(pose: np.ndarray, truth: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def video_and_model(tmp_path_factory):
     """(video, truth, weights): the model trained on the video's own frames until it finds the
-    two figures (200 iterations: ~40 s on one thread)."""
+    two figures (200 iterations on one thread)."""
     root = tmp_path_factory.mktemp("tracking_video")
     video = root / "walk.mp4"
     truth = render_video(video)
