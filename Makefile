@@ -50,10 +50,13 @@ $(STAMPS)/xtcocotools: $(STAMPS)/detectron2
 	$(PIP) install --quiet --no-build-isolation --no-binary xtcocotools xtcocotools
 	@touch $@
 
-# Editable install with the test and deploy (ONNX export, ONNX Runtime) extras; rebuilds
-# the compiled op (grouppose._C) when its sources change.
+# Editable install with the test, deploy (ONNX export, ONNX Runtime) and track (tracking)
+# extras; rebuilds the compiled op (grouppose._C) when its sources change. norfair (the
+# tracker) pins numpy < 2 in its metadata although its code runs on numpy 2 (tests/
+# test_tracking.py), so it is installed without dependencies; the track extra brings the rest.
 $(STAMPS)/grouppose: $(STAMPS)/detectron2 $(STAMPS)/xtcocotools setup.py $(CSRC)
-	$(PIP) install --quiet --no-build-isolation -e ".[test,deploy]"
+	$(PIP) install --quiet --no-build-isolation -e ".[test,deploy,track]"
+	$(PIP) install --quiet --no-deps "norfair==2.3.0"
 	@touch $@
 
 lint: setup
@@ -101,7 +104,8 @@ $(UPSTREAM_STAMPS)/xtcocotools: $(UPSTREAM_STAMPS)/detectron2
 # the same torch pins (and CUDA when available, as in `make setup`), so either may rebuild it.
 $(UPSTREAM_STAMPS)/grouppose: $(UPSTREAM_STAMPS)/detectron2 $(UPSTREAM_STAMPS)/xtcocotools \
 		setup.py $(CSRC)
-	$(UPSTREAM_PIP) install --quiet --no-build-isolation -e ".[test,deploy]"
+	$(UPSTREAM_PIP) install --quiet --no-build-isolation -e ".[test,deploy,track]"
+	$(UPSTREAM_PIP) install --quiet --no-deps "norfair==2.3.0"
 	@touch $@
 
 # GROUPPOSE_DETECTRON2=upstream: a test checks that this detectron2 is upstream main's build.

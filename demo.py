@@ -6,6 +6,7 @@
     python demo.py --onnx grouppose.onnx --input photos/ --output vis/   # ONNX Runtime
     python demo.py --config-file ... --dataset my_val=val.json:images/ --input photos/ \
         --output vis/ --opts MODEL.WEIGHTS model.pth DATASETS.TEST "('my_val',)" ...
+    python demo.py ... --video-input clip.mp4 --output out.mp4 --track --output-json poses.json
 
 
 Without --output the results are shown in a window (needs OpenCV with GUI support). MODEL.WEIGHTS
@@ -67,12 +68,35 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--confidence-threshold", type=float, default=0.5, help="minimum score of a drawn pose"
     )
+    add_tracking_arguments(parser)
     add_trust_pickle_argument(parser)
     add_dataset_arguments(parser)
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs"
     )
     return parser
+
+
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """--track, --smooth and --output-json (videos and webcam; see docs/tracking.md)."""
+    parser.add_argument("--track", action="store_true",
+                        help="track people across frames: each id in its own colour with its "
+                        "number (needs the 'track' extra: norfair)")
+    parser.add_argument("--smooth", action="store_true",
+                        help="with --track: smooth each track's keypoints (One-Euro filter)")
+    parser.add_argument("--output-json", metavar="FILE",
+                        help="with --track: write each frame's poses with their track id, score "
+                        "and keypoints to this .json file (PoseTrack-like)")
+
+
+def check_tracking_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse tracking options that do not apply."""
+    if (args.smooth or args.output_json) and not args.track:
+        parser.error("--smooth and --output-json need --track")
+    if args.track and args.input:
+        parser.error("--track applies to --video-input and --webcam, not to --input")
+    if args.output_json and not args.output_json.lower().endswith(".json"):
+        parser.error(f"--output-json '{args.output_json}' must end with .json")
 
 
 def expand_inputs(patterns: Iterable[str]) -> List[str]:
@@ -199,16 +223,30 @@ def video_output_path(output: str, input_path: str) -> str:
     return output
 
 
-def run_on_video(demo: VisualizationDemo, source, output: Optional[str]) -> int:
-    """Process a video file (or camera index) frame by frame; writes an mp4 or shows it."""
+def build_tracking(args: argparse.Namespace, demo: VisualizationDemo, fps: float, source):
+    """The per-frame tracking of --track (None without it)."""
+    if not args.track:
+        return None
+    from grouppose.tracking.video import VideoTracking  # needs the optional norfair
+
+    name = "webcam" if source == 0 else os.path.splitext(os.path.basename(str(source)))[0]
+    return VideoTracking(demo.metadata, fps, smooth=args.smooth, json_path=args.output_json,
+                         video_name=name)
+
+
+def run_on_video(demo: VisualizationDemo, source, output: Optional[str],
+                 args: Optional[argparse.Namespace] = None) -> int:
+    """Process a video file (or camera index) frame by frame; writes an mp4 or shows it.
+    With ``args.track``, people are tracked (and ``args.output_json`` written)."""
     video = open_video(source)
     num_frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     fps = video.get(cv2.CAP_PROP_FPS) or _DEFAULT_FPS
+    tracking = build_tracking(args, demo, fps, source) if args is not None else None
     writer = None
     people: List[int] = []
     latencies: List[float] = []
     try:
-        progress = tqdm(demo.run_on_video(video), total=num_frames, unit="frame")
+        progress = tqdm(demo.run_on_video(video, tracking), total=num_frames, unit="frame")
         for result in progress:
             people.append(len(result.instances))
             latencies.append(result.latency)
@@ -225,6 +263,8 @@ def run_on_video(demo: VisualizationDemo, source, output: Optional[str]) -> int:
         video.release()
         if writer is not None:
             writer.release()
+        if tracking is not None:
+            tracking.close()
     if not latencies:
         raise ValueError(f"video '{source}' has no readable frame")
     print(f"{source}: {len(latencies)} frames, {sum(people) / len(people):.1f} people per "
@@ -285,6 +325,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--output is not supported with --webcam")
     if args.onnx and (args.opts or args.trust_pickle):
         parser.error("--opts and --trust-pickle apply to --config-file, not to --onnx")
+    check_tracking_arguments(parser, args)
     logger = setup_logger(name="grouppose.demo")
     logger.info(f"Arguments: {args}")
 
@@ -295,7 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         demo = VisualizationDemo(build_predictor(args))
         if args.input:
             return run_on_images(demo, paths, args.output)
-        return run_on_video(demo, 0 if args.webcam else args.video_input, args.output)
+        return run_on_video(demo, 0 if args.webcam else args.video_input, args.output, args)
     except (ValueError, DisplayUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -79,6 +79,10 @@ setup(
         # ONNX export (onnx, onnxscript) and ONNX Runtime inference (grouppose.deploy); the
         # predictor alone needs only numpy, Pillow and onnxruntime.
         "deploy": ["numpy", "Pillow", "onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.5"],
+        # Tracking (grouppose.tracking.PoseTracker) and its benchmark (motmetrics). norfair
+        # itself is installed without its dependencies by `make setup` (see the Makefile):
+        # its metadata pins numpy < 2, which its code does not need; these are the others.
+        "track": ["filterpy>=1.4.5", "rich>=9.10,<15", "motmetrics>=1.4", "matplotlib"],
     },
     ext_modules=get_extensions(),
     cmdclass=get_cmdclass(),

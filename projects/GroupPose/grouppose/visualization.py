@@ -2,7 +2,7 @@
 
 import time
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Callable, Iterator, Optional, Union
 
 import cv2
 import numpy as np
@@ -70,10 +70,24 @@ class VisualizationDemo:
         latency = time.perf_counter() - start
         return DemoResult(instances, draw_poses(image, instances, self.metadata), latency)
 
-    def run_on_video(self, video: cv2.VideoCapture) -> Iterator[DemoResult]:
-        """One result per frame of an opened video (or webcam), until it ends."""
+    def run_on_video(
+        self, video: cv2.VideoCapture,
+        draw: Optional[Callable[[np.ndarray, Instances], np.ndarray]] = None,
+    ) -> Iterator[DemoResult]:
+        """One result per frame of an opened video (or webcam), until it ends.
+
+        ``draw(frame, instances)`` replaces the drawing when given (e.g.
+        ``grouppose.tracking.video.VideoTracking``, which also tracks the poses).
+        """
         while video.isOpened():
             success, frame = video.read()
             if not success:
                 break
-            yield self.run_on_image(frame)
+            if draw is None:
+                yield self.run_on_image(frame)
+                continue
+            frame = as_bgr_uint8(frame)
+            start = time.perf_counter()
+            instances = self.instances(frame)
+            latency = time.perf_counter() - start
+            yield DemoResult(instances, draw(frame, instances), latency)
