@@ -77,13 +77,13 @@ def test_export_rejects_bad_sizes(model):
         export_grouppose(model, 0, WIDTH)
 
 
-def test_readme_export_snippet_runs(tmp_path, monkeypatch):
-    """The README's torch.export code block, as written, on the tiny model: only the config,
+def test_deploy_doc_export_snippet_runs(tmp_path, monkeypatch):
+    """docs/deploy.md's torch.export code block, as written, on the tiny model: only the config,
     the weights file and the size are swapped for small ones (each must be in the block)."""
     from tiny_grouppose import REPO_ROOT, save_tiny_model
 
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("### Export (torch.export)"):]
+    readme = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    section = readme[readme.index("## torch.export"):]
     code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", 10)]
     config_file = save_tiny_model(tmp_path)
     swaps = {"configs/COCO-Keypoints/grouppose_R50_60e.yaml": str(config_file),
@@ -94,7 +94,7 @@ def test_readme_export_snippet_runs(tmp_path, monkeypatch):
         code = code.replace(written, small)
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/deploy.md", "exec"), namespace)
     scores, keypoints = namespace["scores"], namespace["keypoints"]
     assert scores.shape == (1, NUM_INSTANCES)
     assert keypoints.shape == (1, NUM_INSTANCES, NUM_KEYPOINTS, 3)

@@ -64,7 +64,7 @@ def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locat
     they may be dynamic. Returns (B, Lq, M * D).
 
     GridSample was measured faster than an equivalent Gather formulation (four corner rows per
-    point, weighted by a MatMul) in ONNX Runtime on the CPU (README, "Deploy").
+    point, weighted by a MatMul) in ONNX Runtime on the CPU (docs/deploy.md).
     """
     from onnxscript import opset18 as op
 
