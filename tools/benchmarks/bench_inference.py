@@ -64,7 +64,7 @@ from grouppose.inference_modes import (
     check_mode,
     inference_mode,
 )
-from grouppose.modeling.inference_precision import matmul_gflops
+from grouppose.modeling.inference_precision import matmul_gflops, measured_matmul_rates
 from grouppose.predictor import build_inference_config
 
 # Model parts per stage, in order; the rest of the forward (normalisation and padding, masks,
@@ -96,9 +96,19 @@ def onnxruntime_installed() -> bool:
 
 
 def default_modes(device: torch.device) -> List[str]:
+    """DEFAULT_MODES of the device, less bf16 on a CPU whose bf16 matmuls the precision probe
+    measures slower than fp32 (without bf16 instructions they run 50-100x slower: the mode
+    would take most of the benchmark's time to say what the probe already says); plus
+    onnxruntime on the CPU where it is installed. ``--modes bf16`` still measures it."""
     modes = list(DEFAULT_MODES[device.type])
-    if device.type == "cpu" and onnxruntime_installed():
-        modes.append(ONNX_MODE)
+    if device.type == "cpu":
+        rates = measured_matmul_rates(device)
+        if rates.bf16 < rates.fp32:
+            print(f"bf16 left out of the default modes: slower than fp32 on this CPU ({rates})",
+                  file=sys.stderr)
+            modes.remove("bf16")
+        if onnxruntime_installed():
+            modes.append(ONNX_MODE)
     return modes
 
 
@@ -131,6 +141,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each mode first")
     parser.add_argument("--runs", type=int, default=5,
                         help="timed rounds (each runs every mode once; medians reported)")
+    parser.add_argument("--gemm-size", type=int, default=GEMM_SIZE,
+                        help="n of the n x n matmul whose fp32 rate is the roofline "
+                             "(default: %(default)s)")
     parser.add_argument("--no-flops", action="store_true",
                         help="skip the GFLOPs count (and so the roofline ratios)")
     parser.add_argument("--json", metavar="FILE", help="also write all results to FILE")
@@ -152,9 +165,10 @@ def device_time(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def gemm_gflops(device: torch.device, dtype: torch.dtype) -> float:
-    """Throughput of a large matmul on ``device`` (GFLOP/s, 2 flops per multiply-add)."""
-    return matmul_gflops(device, dtype, (GEMM_SIZE,) * 3, repeats=3)
+def gemm_gflops(device: torch.device, dtype: torch.dtype, size: int = GEMM_SIZE) -> float:
+    """Throughput of a large (size x size) matmul on ``device`` (GFLOP/s, 2 flops per
+    multiply-add)."""
+    return matmul_gflops(device, dtype, (size,) * 3, repeats=3)
 
 
 class MemoryMeter:
@@ -324,7 +338,11 @@ def run_worker(spec: Dict) -> List[Dict]:
     latencies: Dict[str, List[float]] = {name: [] for name in modes}
     splits: Dict[str, List[Dict[str, float]]] = {name: [] for name in modes}
     people: Dict[str, int] = {}
-    gemm: Dict[str, List[float]] = {name: [] for name in GEMM_DTYPES}
+    # The bf16 GEMM only where a bf16 mode runs: without bf16 instructions it takes minutes.
+    gemm: Dict[str, List[float]] = {
+        name: [] for name in GEMM_DTYPES
+        if name == "fp32" or any(MODES[m].dtype == name for m in torch_modes)
+    }
 
     onnx_forward = build_onnx_forward(model, image, spec["threads"]) if ONNX_MODE in modes \
         else None
@@ -353,8 +371,8 @@ def run_worker(spec: Dict) -> List[Dict]:
                 forward(name)
             timer.take(0.0)
         for round_index in range(spec["runs"]):
-            for dtype, torch_dtype in GEMM_DTYPES.items():
-                gemm[dtype].append(gemm_gflops(device, torch_dtype))
+            for dtype in gemm:
+                gemm[dtype].append(gemm_gflops(device, GEMM_DTYPES[dtype], spec["gemm_size"]))
             # Rotated so that no mode always runs right after the GEMM or another mode.
             shift = round_index % len(modes)
             for name in modes[shift:] + modes[:shift]:
@@ -389,7 +407,9 @@ def run_worker(spec: Dict) -> List[Dict]:
             "inference_memory_mib": memory.get(name),
             "people": people[name],
             "gemm_gflops": gemm_median,
+            "gemm_size": spec["gemm_size"],
             "cpu": cpu_info(),
+            "matmul_probe_gflops": measured_matmul_rates(device)._asdict(),
         }
         if device.type == "cuda":
             tf32 = result["dtype"] == "tf32"
@@ -432,7 +452,7 @@ def run_size(args, size: List[int], modes: List[str]) -> List[Dict]:
         "config_file": args.config_file, "weights": args.weights, "device": args.device,
         "opts": args.opts, "size": size, "modes": modes, "warmup": args.warmup,
         "runs": args.runs, "flops": not args.no_flops, "threads": args.threads,
-        "trust_pickle": args.trust_pickle,
+        "trust_pickle": args.trust_pickle, "gemm_size": args.gemm_size,
     }
     label = f"{size[0]}x{size[1]} ({', '.join(modes)})"
     print(f"running {label} ...", file=sys.stderr, flush=True)
@@ -460,8 +480,11 @@ def print_results(results: List[Dict]) -> None:
     ok = [r for r in results if "error" not in r]
     if ok:
         gemm = ", ".join(f"{dtype} {value:.0f}" for dtype, value in ok[0]["gemm_gflops"].items())
-        print(f"\nCPU: {format_cpu_info(ok[0]['cpu'])}\nGEMM {GEMM_SIZE}^3 GFLOP/s "
-              f"({ok[0]['size'][0]}x{ok[0]['size'][1]} rounds' median): {gemm}")
+        probe = ", ".join(f"{dtype} {value:.0f}"
+                          for dtype, value in ok[0]["matmul_probe_gflops"].items())
+        print(f"\nCPU: {format_cpu_info(ok[0]['cpu'])}\nGEMM {ok[0]['gemm_size']}^3 GFLOP/s "
+              f"({ok[0]['size'][0]}x{ok[0]['size'][1]} rounds' median): {gemm}; precision "
+              f"probe GFLOP/s: {probe}")
     print("\n| size | mode | dtype | latency ms (median) | spread ms (min-max) | FPS "
           "| x fp32 GEMM roofline | speed-up over reference | inference memory MiB |")
     print("| --- " * 9 + "|")
@@ -491,7 +514,7 @@ def print_results(results: List[Dict]) -> None:
     first_per_size = {size_label(r): r for r in reversed(ok)}
     for label, r in first_per_size.items():
         gemm = ", ".join(f"{dtype} {value:.0f}" for dtype, value in r["gemm_gflops"].items())
-        line = f"\n{label}: GEMM {GEMM_SIZE}^3 GFLOP/s (median of the rounds): {gemm}"
+        line = f"\n{label}: GEMM {r['gemm_size']}^3 GFLOP/s (median of the rounds): {gemm}"
         if "gflops" in r:
             g = r["gflops"]
             parts = ", ".join(f"{s} {g[s]:.2f}" for s in STAGE_MODULES)
