@@ -79,6 +79,8 @@ setup(
         # ONNX export (onnx, onnxscript) and ONNX Runtime inference (grouppose.deploy); the
         # predictor alone needs only numpy, Pillow and onnxruntime.
         "deploy": ["numpy", "Pillow", "onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.5"],
+        # The browser demo (python -m grouppose.app): Gradio 6 (theme and fonts served locally).
+        "app": ["gradio>=6"],
     },
     ext_modules=get_extensions(),
     cmdclass=get_cmdclass(),
