@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from tiny_grouppose import NUM_INSTANCES, REPO_ROOT, save_tiny_model, tiny_config
+from training_utils import subprocess_env
 
 from grouppose.app import PoseApp, UploadError, load_upload
 from grouppose.app.__main__ import DEFAULT_HOST, get_parser, main
@@ -178,12 +179,40 @@ def test_it_listens_on_this_machine_only_by_default():
     assert (args.host, args.port) == (DEFAULT_HOST, 7860) and DEFAULT_HOST == "127.0.0.1"
 
 
-def test_command_line_refuses_torch_options_with_onnx_and_a_bad_threshold(config_file, capsys):
+@pytest.mark.parametrize("args, error", [
+    (["--onnx", "m.onnx", "--weights", "w.pth"],
+     "--weights, --opts and --trust-pickle apply to --config-file"),
+    (["--onnx", "m.onnx", "--confidence-threshold", "2"],
+     "--confidence-threshold must be in [0, 1], got 2.0"),
+    (["--onnx", "m.onnx", "--max-pixels", "0"], "--max-pixels must be positive, got 0"),
+])
+def test_command_line_refuses_bad_options_before_loading_anything(args, error, capsys):
     with pytest.raises(SystemExit):
-        main(["--onnx", "m.onnx", "--weights", "w.pth"])
-    assert "--weights, --opts and --trust-pickle apply to --config-file" in capsys.readouterr().err
-    assert main(["--config-file", config_file, "--confidence-threshold", "2"]) == 1
-    assert "score_threshold must be a number in [0, 1]" in capsys.readouterr().err
+        main(args)
+    assert error in capsys.readouterr().err
+
+
+def test_without_gradio_it_says_how_to_install_it(config_file, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` fails
+    monkeypatch.delitem(sys.modules, "grouppose.app.page", raising=False)
+    assert main(["--config-file", config_file]) == 1
+    error = capsys.readouterr().err
+    assert "the browser demo needs Gradio" in error
+    assert 'pip install --no-build-isolation -e ".[app]"' in error
+
+
+def test_a_model_that_cannot_load_is_one_error_line(tmp_path, capsys):
+    pytest.importorskip("gradio", reason="the browser demo's extra is not installed")
+    config = save_tiny_model(tmp_path)
+    assert main(["--config-file", str(config), "--weights", str(tmp_path / "missing.pth")]) == 1
+    assert capsys.readouterr().err.startswith("error: cannot read MODEL.WEIGHTS")
+
+
+def test_help_starts_without_import_noise():
+    result = subprocess.run([sys.executable, "-m", "grouppose.app", "--help"],
+                            capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "--onnx" in result.stdout and result.stderr == ""
 
 
 def test_gradio_analytics_are_off():
@@ -204,6 +233,8 @@ CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--window-size=1400,1100",
+    # A generated camera picture, and camera access granted without asking.
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
 )
 # Seconds: startup imports torch, Detectron2 and Gradio; CPU inference of the tiny model.
 APP_START_TIMEOUT = 180
@@ -227,15 +258,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def served_app(config_file, tmp_path):
+@pytest.fixture(scope="module")
+def served_app(config_file, tmp_path_factory):
     """The URL of ``python -m grouppose.app`` serving the tiny model (default host)."""
+    _browser()  # skips before starting the app when the browser is missing
     port = _free_port()
-    with open(tmp_path / "app.log", "w+") as log:
+    with open(tmp_path_factory.mktemp("app") / "app.log", "w+") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "grouppose.app", "--config-file", config_file,
              "--port", str(port), "--confidence-threshold", "0"],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(threads=2),
         )
         try:
             yield _wait_until_served(f"http://127.0.0.1:{port}/", process, log)
@@ -288,6 +320,24 @@ def _upload(driver, path):
     driver.find_element(*selector).send_keys(str(path))
 
 
+def _click_when_shown(driver, by, selector):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def shown(_):
+        found = driver.find_elements(by, selector)
+        return found[0] if found and found[0].is_displayed() else None
+
+    WebDriverWait(driver, PAGE_TIMEOUT).until(shown).click()
+
+
+def _downloaded_poses(driver) -> dict:
+    """The JSON behind the page's download link."""
+    from selenium.webdriver.common.by import By
+
+    link = driver.find_element(By.CSS_SELECTOR, "#download a").get_attribute("href")
+    return json.loads(urllib.request.urlopen(link, timeout=30).read())
+
+
 def _wait_for_message(driver, text):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -306,10 +356,8 @@ def test_page_draws_an_uploaded_image_and_offers_its_poses(browser, served_app, 
     _upload(browser, tmp_path / "people.png")
     _wait_for_message(browser, f"{NUM_INSTANCES} people")
 
-    link = browser.find_element(By.CSS_SELECTOR, "#download a").get_attribute("href")
-    poses = json.loads(urllib.request.urlopen(link, timeout=30).read())
     # Threshold 0: all TEST_TOPK poses of the tiny model.
-    assert len(poses["people"]) == NUM_INSTANCES
+    assert len(_downloaded_poses(browser)["people"]) == NUM_INSTANCES
     source = browser.find_element(By.CSS_SELECTOR, "#drawing img").get_attribute("src")
     data = np.frombuffer(urllib.request.urlopen(source, timeout=30).read(), np.uint8)
     drawing = cv2.imdecode(data, cv2.IMREAD_COLOR)
@@ -324,7 +372,25 @@ def test_page_draws_an_uploaded_image_and_offers_its_poses(browser, served_app, 
     )
     assert loaded and all(name.startswith(served_app) for name in loaded), loaded
 
+    # The slider's number box: threshold 1 keeps nobody (scores are probabilities).
+    box = browser.find_element(By.CSS_SELECTOR, "#threshold input[type=number]")
+    box.clear()
+    box.send_keys("1")
+    _wait_for_message(browser, "scoring above 1 (")
+    assert browser.find_element(By.ID, "message").text.startswith("0 people")
+
     (tmp_path / "notes.jpg").write_text("not an image")
     browser.refresh()
     _upload(browser, tmp_path / "notes.jpg")
     _wait_for_message(browser, "'notes.jpg' is not an image")
+
+
+def test_page_finds_the_poses_of_a_webcam_picture(browser, served_app):
+    from selenium.webdriver.common.by import By
+
+    browser.get(served_app)
+    _click_when_shown(browser, By.XPATH,
+                      "//*[@id='webcam']//*[contains(text(), 'Click to Access Webcam')]")
+    _click_when_shown(browser, By.CSS_SELECTOR, "#webcam button[aria-label='capture photo']")
+    _wait_for_message(browser, f"{NUM_INSTANCES} people")
+    assert len(_downloaded_poses(browser)["people"]) == NUM_INSTANCES

@@ -13,7 +13,6 @@ from grouppose.app.poses import MAX_PIXELS, PoseApp
 from grouppose.checkpoint import add_trust_pickle_argument
 from grouppose.data.command_line import add_dataset_arguments, register_command_line_datasets
 from grouppose.deploy import OnnxPosePredictor
-from grouppose.deploy.metadata import check_score_threshold
 from grouppose.predictor import GroupPosePredictor
 
 DEFAULT_HOST = "127.0.0.1"  # this machine only: --host 0.0.0.0 serves the network
@@ -60,20 +59,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--weights, --opts and --trust-pickle apply to --config-file, not to --onnx")
     if args.max_pixels <= 0:
         parser.error(f"--max-pixels must be positive, got {args.max_pixels}")
-    try:
-        threshold = check_score_threshold(args.confidence_threshold)
-        register_command_line_datasets(args.dataset, args.dataset_meta)
-        app = PoseApp(build_predictor(args), max_pixels=args.max_pixels)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    try:
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        parser.error(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
+    try:  # before the model is built: a missing extra is told at once
         from grouppose.app.page import build_page, launch
     except ModuleNotFoundError as e:
         print(f"error: the browser demo needs Gradio ({e}): pip install --no-build-isolation "
               "-e \".[app]\"", file=sys.stderr)
         return 1
-    launch(build_page(app, threshold), args.host, args.port)
+    try:
+        register_command_line_datasets(args.dataset, args.dataset_meta)
+        app = PoseApp(build_predictor(args), max_pixels=args.max_pixels)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    launch(build_page(app, args.confidence_threshold), args.host, args.port)
     return 0
 
 

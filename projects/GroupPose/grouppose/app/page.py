@@ -78,9 +78,13 @@ def build_page(app: PoseApp, score_threshold: float) -> gr.Blocks:
                 download = gr.File(label="Download the poses", interactive=False,
                                    elem_id="download")
         outputs = [last_upload, drawing, poses, download, message]
-        upload.upload(run, [upload, threshold], outputs)
-        webcam.input(run, [webcam, threshold], outputs)
-        threshold.release(run, [last_upload, threshold], outputs)
+        # One queue for the three events: the model runs one image at a time.
+        queue = {"concurrency_id": "model", "concurrency_limit": 1}
+        upload.upload(run, [upload, threshold], outputs, **queue)
+        webcam.input(run, [webcam, threshold], outputs, **queue)
+        # Dragging fires many events: the model reruns for the last one when busy.
+        threshold.input(run, [last_upload, threshold], outputs, trigger_mode="always_last",
+                        **queue)
     return page
 
 
