@@ -20,12 +20,14 @@ UPSTREAM_PIP := $(UPSTREAM_PY) -m pip --disable-pip-version-check
 UPSTREAM_STAMPS := $(UPSTREAM_VENV)/.stamps
 UPSTREAM_SRC := build/detectron2-upstream
 
-.PHONY: setup test test-all lint clean help demo upstream-archive upstream-setup test-upstream
+.PHONY: setup test test-all lint clean help demo upstream-archive upstream-setup test-upstream \
+	browser-test-deps
 
 help:
 	@echo "make setup     create .venv with torch, detectron2 and grouppose (idempotent)"
 	@echo "make test      setup, lint, then the fast test suite"
 	@echo "make test-all  setup, then every test including the slow ones"
+	@echo "make browser-test-deps  Selenium, Chromium and its driver for the browser demo's test"
 	@echo "make test-upstream  build upstream Detectron2 main into $(UPSTREAM_VENV), run the tests"
 	@echo "make demo      train a tiny model from scratch on generated data (CPU, minutes)"
 
@@ -50,14 +52,31 @@ $(STAMPS)/xtcocotools: $(STAMPS)/detectron2
 	$(PIP) install --quiet --no-build-isolation --no-binary xtcocotools xtcocotools
 	@touch $@
 
-# Editable install with the test, deploy (ONNX export, ONNX Runtime) and track (tracking)
-# extras; rebuilds the compiled op (grouppose._C) when its sources change. norfair (the
-# tracker) pins numpy < 2 in its metadata although its code runs on numpy 2 (tests/
-# test_tracking.py), so it is installed without dependencies; the track extra brings the rest.
+# Editable install with the test, deploy (ONNX export, ONNX Runtime), track (tracking) and app
+# (Gradio, for the browser demo) extras; rebuilds the compiled op (grouppose._C) when its
+# sources change. norfair (the tracker) pins numpy < 2 in its metadata although its code runs on
+# numpy 2 (tests/test_tracking.py), so it is installed without dependencies; the track extra
+# brings the rest.
 $(STAMPS)/grouppose: $(STAMPS)/detectron2 $(STAMPS)/xtcocotools setup.py $(CSRC)
-	$(PIP) install --quiet --no-build-isolation -e ".[test,deploy,track]"
+	$(PIP) install --quiet --no-build-isolation -e ".[test,deploy,track,app]"
 	$(PIP) install --quiet --no-deps "norfair==2.3.0"
 	@touch $@
+
+# The browser demo's test (tests/test_app.py) drives Debian's Chromium with Selenium, and is
+# skipped where they are absent. apt-get runs only when chromium or chromedriver is missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(STAMPS)/selenium: $(STAMPS)/grouppose
+	$(PIP) install --quiet selenium
+	@touch $@
+
+browser-test-deps: $(STAMPS)/selenium
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium chromium-driver; \
+	else echo "browser-test-deps: no apt-get here: install chromium and chromedriver" \
+		"(the browser test is skipped without them)"; fi
 
 lint: setup
 	$(PY) -m ruff check .

@@ -83,6 +83,8 @@ setup(
         # itself is installed without its dependencies by `make setup` (see the Makefile):
         # its metadata pins numpy < 2, which its code does not need; these are the others.
         "track": ["filterpy>=1.4.5", "rich>=9.10,<15", "motmetrics>=1.4", "matplotlib"],
+        # The browser demo (python -m grouppose.app): Gradio 6 (theme and fonts served locally).
+        "app": ["gradio>=6"],
     },
     ext_modules=get_extensions(),
     cmdclass=get_cmdclass(),
