@@ -257,21 +257,17 @@ def oks_sigmas(
     """The (K,) OKS sigmas for matching and losses: ``sigmas`` when given, else the
     ``kpt_oks_sigmas`` metadata of the first of ``dataset_names`` that has them, else the
     standard sigmas for K = ``num_keypoints``. ``source`` names ``sigmas`` in errors."""
-    sigmas = list(sigmas)
-    if not sigmas:
-        sigmas, source = _metadata_sigmas(dataset_names)
-    if sigmas is None:
+    given, found = list(sigmas), source
+    if not given:
+        given, found = _metadata_sigmas(dataset_names)
+    if given is None:
         try:
             return default_oks_sigmas(num_keypoints)
         except ValueError as e:
-            raise ValueError(
-                f"{e}: set {source} or the dataset metadata's kpt_oks_sigmas"
-            ) from e
-    if len(sigmas) != num_keypoints:
-        raise ValueError(
-            f"{source} has {len(sigmas)} values but there are {num_keypoints} keypoints"
-        )
-    return as_sigmas(sigmas)
+            raise ValueError(f"{e}: set {source} or the dataset metadata's kpt_oks_sigmas") from e
+    if len(given) != num_keypoints:
+        raise ValueError(f"{found} has {len(given)} values but there are {num_keypoints} keypoints")
+    return as_sigmas(given)
 
 
 def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
