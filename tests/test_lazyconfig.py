@@ -4,12 +4,16 @@ groups, LR schedule, augmentations and data settings; a 20-iteration run trains,
 resumes."""
 
 import json
+import os
+import signal
+import weakref
 
 import pytest
 import torch
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import transforms as T
+from detectron2.engine import hooks
 from detectron2.modeling import build_model
 from detectron2.solver import LRMultiplier, build_lr_scheduler
 from detectron2.utils.events import EventStorage
@@ -17,6 +21,7 @@ from training_utils import (
     FAST_LAZY_OPTS,
     LAZY_TINY_CONFIG,
     REPO_ROOT,
+    register_tiny_datasets,
     run_lazy_train_net,
     tiny_training_config,
 )
@@ -26,6 +31,7 @@ from grouppose.data.mapper import GroupPoseDatasetMapper
 from grouppose.engine import Trainer
 from grouppose.engine.lazy import LazyTrainer
 from grouppose.engine.optimizer import build_optimizer
+from grouppose.engine.preemption import PREEMPTED_EXIT_CODE
 from grouppose.modeling.decoder import GroupPoseDecoder
 from grouppose.modeling.variants import DecoderVariant
 
@@ -161,13 +167,43 @@ def test_same_train_and_test_augmentations(name):
                 expected.keypoint_hflip_indices.tolist())
 
 
+def tiny_lazy_config(output_dir, opts=()):
+    """The tiny LazyConfig + FAST_LAZY_OPTS + ``opts``, writing to ``output_dir``."""
+    return LazyConfig.apply_overrides(LazyConfig.load(str(LAZY_TINY_CONFIG)), [
+        *FAST_LAZY_OPTS, f"train.output_dir={output_dir}", *opts,
+    ])
+
+
+@pytest.mark.usefixtures("restore_grouppose_logger", "one_cpu_thread")
+def test_lazy_trainer_checkpoints_and_exits_on_sigterm_then_resumes(tmp_path):
+    register_tiny_datasets(tmp_path / "data")
+    lazy = tiny_lazy_config(tmp_path / "out", ["train.max_iter=6"])
+    trainer = LazyTrainer(lazy)
+    signal_at_2 = hooks.CallbackHook(
+        after_step=lambda t: t.iter == 2 and os.kill(os.getpid(), signal.SIGTERM)
+    )
+    signal_at_2.trainer = weakref.proxy(trainer)
+    trainer._hooks.insert(0, signal_at_2)
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(SystemExit) as stop:
+        trainer.train()
+    assert stop.value.code == PREEMPTED_EXIT_CODE
+    assert (tmp_path / "out" / "last_checkpoint").read_text() == "model_0000002.pth"
+
+    resumed = LazyTrainer(tiny_lazy_config(tmp_path / "out", ["train.max_iter=6"]))
+    resumed.data_loader.seed = -1  # restored from the checkpoint
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == resumed.data_loader.start_iter == 3
+    assert resumed.data_loader.seed == trainer.data_loader.seed
+    resumed.train()
+    assert resumed.iter == 6 and (tmp_path / "out" / "model_final.pth").is_file()
+
+
 def test_lazy_and_yaml_trainers_take_the_same_steps(tmp_path):
     """The same hooks, checkpointer and step; from the same weights, 3 accumulated steps (2
     passes of 2 images each) on the same data stream give the same weights."""
     cfg = tiny_training_config(tmp_path / "data", tmp_path / "yaml", ["SOLVER.IMS_PER_DEVICE", "2"])
-    lazy = LazyConfig.apply_overrides(LazyConfig.load(str(LAZY_TINY_CONFIG)), [
-        *FAST_LAZY_OPTS, f"train.output_dir={tmp_path / 'lazy'}", "train.ims_per_device=2",
-    ])
+    lazy = tiny_lazy_config(tmp_path / "lazy", ["train.ims_per_device=2"])
     yaml_trainer, lazy_trainer = Trainer(cfg), LazyTrainer(lazy)
     assert [type(h) for h in lazy_trainer._hooks] == [type(h) for h in yaml_trainer._hooks]
     assert type(lazy_trainer.checkpointer) is type(yaml_trainer.checkpointer)
