@@ -23,7 +23,7 @@ ONE_STEP_SCRIPT = textwrap.dedent(
     from training_utils import tiny_training_config
 
     from grouppose.engine import Trainer, launch
-    from grouppose.engine.trainer import wrap_distributed
+    from grouppose.engine.trainer import distributed_model
 
 
     def one_step(data_root, result_file, norm):
@@ -32,7 +32,7 @@ ONE_STEP_SCRIPT = textwrap.dedent(
         torch.manual_seed(0)
         model = Trainer.build_model(cfg)
         batch = next(iter(Trainer.build_train_loader(cfg)))
-        ddp_model = wrap_distributed(model, cfg)  # referenced until after backward
+        ddp_model = distributed_model(model)  # referenced until after backward
         losses = ddp_model(batch)
         sum(losses.values()).backward()
         # what Detectron2 logs: each term averaged over the processes

@@ -78,14 +78,20 @@ def train_net_command(data_root: Path, output_dir: Path, args: Sequence[str] = (
     with ``--config-file`` the tiny config, ``args`` and the FAST_OPTS + ``opts`` overrides."""
     argv = [str(TRAIN_NET), "--config-file", str(TINY_CONFIG), *args,
             *FAST_OPTS, "OUTPUT_DIR", str(output_dir), *opts]
+    return script_command(data_root, argv)
+
+
+def script_command(data_root: Path, argv: Sequence[str]) -> List[str]:
+    """A command that registers the tiny datasets, then runs the script ``argv[0]`` as
+    ``__main__`` with ``argv``."""
     code = (
         "import runpy, sys\n"
         "from pathlib import Path\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from training_utils import register_tiny_datasets\n"
         f"register_tiny_datasets(Path({str(data_root)!r}))\n"
-        f"sys.argv = {argv!r}\n"
-        f"runpy.run_path({str(TRAIN_NET)!r}, run_name='__main__')\n"
+        f"sys.argv = {list(argv)!r}\n"
+        f"runpy.run_path({str(argv[0])!r}, run_name='__main__')\n"
     )
     return [sys.executable, "-c", code]
 
@@ -100,4 +106,42 @@ def run_train_net(data_root: Path, output_dir: Path, args: Sequence[str] = (),
     )
     if result.returncode != 0:
         raise AssertionError(f"train_net.py failed ({result.returncode}):\n{result.stdout[-6000:]}")
+    return result.stdout
+
+
+LAZY_TRAIN_NET = REPO_ROOT / "tools" / "lazyconfig_train_net.py"
+LAZY_TINY_CONFIG = REPO_ROOT / "configs" / "lazy" / "Synthetic" / "grouppose_tiny.py"
+
+# FAST_OPTS for the tiny LazyConfig.
+FAST_LAZY_OPTS = [
+    "model.input_proj.dim=64",
+    "model.encoder.ffn_dim=128",
+    "model.encoder.num_layers=1",
+    "model.decoder.num_layers=2",
+    "model.query_selection.num_instances=10",
+    "model.test_topk=10",
+    f"dataloader.train.mapper.augmentations.min_sizes=[{IMAGE_SIZE}]",
+    f"dataloader.train.mapper.augmentations.max_size={IMAGE_SIZE}",
+    f"dataloader.test.mapper.augmentations.min_size={IMAGE_SIZE}",
+    f"dataloader.test.mapper.augmentations.max_size={IMAGE_SIZE}",
+    "dataloader.train.total_batch_size=4",
+    f"dataloader.train.dataset.names=[{TRAIN_SET}]",
+    f"dataloader.test.dataset.names={VAL_SET}",
+]
+
+
+def run_lazy_train_net(data_root: Path, output_dir: Path, args: Sequence[str] = (),
+                       opts: Sequence[str] = (), timeout: float = 300) -> str:
+    """tools/lazyconfig_train_net.py with the tiny LazyConfig, ``args``, FAST_LAZY_OPTS and
+    ``opts``, the tiny datasets registered; returns its output, fails with it on error."""
+    argv = [str(LAZY_TRAIN_NET), "--config-file", str(LAZY_TINY_CONFIG), *args,
+            *FAST_LAZY_OPTS, f"train.output_dir={output_dir}", *opts]
+    result = subprocess.run(
+        script_command(data_root, argv), env=subprocess_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=timeout, cwd=REPO_ROOT,
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"lazyconfig_train_net.py failed ({result.returncode}):\n{result.stdout[-6000:]}"
+        )
     return result.stdout

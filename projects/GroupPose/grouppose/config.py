@@ -240,36 +240,44 @@ def check_grouppose_config(cfg: CfgNode) -> None:
     DecoderVariant.from_config(gp)
 
 
-def _metadata_sigmas(cfg: CfgNode) -> Tuple[Optional[list], str]:
-    """The ``kpt_oks_sigmas`` of DATASETS.TRAIN[0] (else TEST[0]), and where they come from."""
-    for names in (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST):
-        if len(names):
-            sigmas = MetadataCatalog.get(names[0]).get("kpt_oks_sigmas", None)
-            if sigmas is not None:
-                return list(sigmas), f"the kpt_oks_sigmas of dataset '{names[0]}'"
+def _metadata_sigmas(dataset_names: Sequence[str]) -> Tuple[Optional[list], str]:
+    """The ``kpt_oks_sigmas`` of the first of ``dataset_names`` that has them, and where they
+    come from."""
+    for name in dataset_names:
+        sigmas = MetadataCatalog.get(name).get("kpt_oks_sigmas", None)
+        if sigmas is not None:
+            return list(sigmas), f"the kpt_oks_sigmas of dataset '{name}'"
     return None, ""
 
 
-def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
-    """The (K,) OKS sigmas for matching and losses: MODEL.GROUP_POSE.OKS_SIGMAS, else the dataset
-    metadata's ``kpt_oks_sigmas``, else the standard sigmas for K (see add_grouppose_config)."""
-    num_keypoints = cfg.MODEL.GROUP_POSE.NUM_KEYPOINTS
-    sigmas, source = list(cfg.MODEL.GROUP_POSE.OKS_SIGMAS), "MODEL.GROUP_POSE.OKS_SIGMAS"
-    if not sigmas:
-        sigmas, source = _metadata_sigmas(cfg)
-    if sigmas is None:
+def oks_sigmas(
+    num_keypoints: int, sigmas: Sequence[float] = (), dataset_names: Sequence[str] = (),
+    source: str = "the OKS sigmas",
+) -> Tensor:
+    """The (K,) OKS sigmas for matching and losses: ``sigmas`` when given, else the
+    ``kpt_oks_sigmas`` metadata of the first of ``dataset_names`` that has them, else the
+    standard sigmas for K = ``num_keypoints``. ``source`` names ``sigmas`` in errors."""
+    given, found = list(sigmas), source
+    if not given:
+        given, found = _metadata_sigmas(dataset_names)
+    if given is None:
         try:
             return default_oks_sigmas(num_keypoints)
         except ValueError as e:
-            raise ValueError(
-                f"{e}: set MODEL.GROUP_POSE.OKS_SIGMAS or the dataset metadata's kpt_oks_sigmas"
-            ) from e
-    if len(sigmas) != num_keypoints:
-        raise ValueError(
-            f"{source} has {len(sigmas)} values but MODEL.GROUP_POSE.NUM_KEYPOINTS is "
-            f"{num_keypoints}"
-        )
-    return as_sigmas(sigmas)
+            raise ValueError(f"{e}: set {source} or the dataset metadata's kpt_oks_sigmas") from e
+    if len(given) != num_keypoints:
+        raise ValueError(f"{found} has {len(given)} values but there are {num_keypoints} keypoints")
+    return as_sigmas(given)
+
+
+def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
+    """``oks_sigmas`` of MODEL.GROUP_POSE.OKS_SIGMAS, else of DATASETS.TRAIN[0]'s, else of
+    DATASETS.TEST[0]'s metadata, else the standard ones (see add_grouppose_config)."""
+    first_datasets = [names[0] for names in (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) if len(names)]
+    return oks_sigmas(
+        cfg.MODEL.GROUP_POSE.NUM_KEYPOINTS, cfg.MODEL.GROUP_POSE.OKS_SIGMAS, first_datasets,
+        source="MODEL.GROUP_POSE.OKS_SIGMAS",
+    )
 
 
 def inference_model_config(cfg: CfgNode) -> CfgNode:
@@ -286,10 +294,17 @@ def inference_model_config(cfg: CfgNode) -> CfgNode:
 
 
 def fall_back_to_cpu(cfg: CfgNode) -> None:
-    """Set ``MODEL.DEVICE`` to "cpu", with one warning line, when it names CUDA and this machine
-    has no CUDA device (Detectron2 would fail later with "Found no NVIDIA driver")."""
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    """``MODEL.DEVICE`` = its ``available_device``."""
+    cfg.MODEL.DEVICE = available_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
+
+
+def available_device(device: str, key: str = "the device") -> str:
+    """"cpu", with one warning line naming ``key``, when ``device`` names CUDA and this machine
+    has no CUDA device (Detectron2 would fail later with "Found no NVIDIA driver"); else
+    ``device``."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).warning(
-            f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but no CUDA device is available: using the CPU"
+            f"{key} is '{device}' but no CUDA device is available: using the CPU"
         )
-        cfg.MODEL.DEVICE = "cpu"
+        return "cpu"
+    return device

@@ -21,7 +21,7 @@ BatchNorm statistics are those of each micro-batch (FrozenBN, the paper's, has n
 
 import contextlib
 import time
-from typing import ContextManager, Dict, List
+from typing import ContextManager, Dict, List, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -34,6 +34,7 @@ from grouppose.modeling.criterion import step_normaliser
 __all__ = [
     "AMPGradientAccumulation",
     "GradientAccumulation",
+    "micro_batches",
     "micro_batches_per_step",
     "people_in",
     "split_micro_batches",
@@ -41,26 +42,35 @@ __all__ = [
 
 
 def micro_batches_per_step(cfg: CfgNode, world_size: int) -> int:
-    """Forward / backward passes per optimizer step of each process.
+    """``micro_batches`` of SOLVER.IMS_PER_BATCH and SOLVER.IMS_PER_DEVICE."""
+    return micro_batches(cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.IMS_PER_DEVICE, world_size)
+
+
+def micro_batches(
+    batch: int, per_device: int, world_size: int,
+    keys: Tuple[str, str] = ("SOLVER.IMS_PER_BATCH", "SOLVER.IMS_PER_DEVICE"),
+) -> int:
+    """Forward / backward passes per optimizer step of each process, for ``batch`` images per
+    step and ``per_device`` per pass (0: ``batch`` / processes); ``keys`` name the two settings
+    in errors.
 
     Raises:
-        ValueError naming SOLVER.IMS_PER_BATCH, the number of processes and SOLVER.IMS_PER_DEVICE
-        when they do not divide.
+        ValueError naming both settings and the number of processes when they do not divide.
     """
-    batch, per_device = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.IMS_PER_DEVICE
+    batch_key, device_key = keys
     if per_device < 0:
-        raise ValueError(f"SOLVER.IMS_PER_DEVICE must be >= 0 (0: IMS_PER_BATCH / processes), "
+        raise ValueError(f"{device_key} must be >= 0 (0: {batch_key} / processes), "
                          f"got {per_device}")
     if per_device == 0:
         if batch <= 0 or batch % world_size:
-            raise ValueError(f"SOLVER.IMS_PER_BATCH ({batch}) must be a positive multiple of "
+            raise ValueError(f"{batch_key} ({batch}) must be a positive multiple of "
                              f"the number of processes ({world_size})")
         return 1
     if batch <= 0 or batch % (world_size * per_device):
         raise ValueError(
-            f"SOLVER.IMS_PER_BATCH ({batch}) must be a positive multiple of the number of "
-            f"processes ({world_size}) x SOLVER.IMS_PER_DEVICE ({per_device}): each process "
-            "accumulates IMS_PER_BATCH / (processes x IMS_PER_DEVICE) micro-batches per step"
+            f"{batch_key} ({batch}) must be a positive multiple of the number of "
+            f"processes ({world_size}) x {device_key} ({per_device}): each process "
+            f"accumulates {batch_key} / (processes x {device_key}) micro-batches per step"
         )
     per_process = batch // world_size
     return per_process // per_device

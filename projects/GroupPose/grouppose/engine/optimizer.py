@@ -6,14 +6,20 @@ gradient norm of the *whole model* clipped at 0.1. Detectron2 0.6 only clips per
 ("value" / "norm"), so ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE: "full_model"`` is implemented here.
 """
 
-from typing import Dict, List, Tuple, Type
+from typing import Dict, List, Sequence, Tuple, Type
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver.build import maybe_add_gradient_clipping
 from torch import nn
 
-__all__ = ["build_optimizer", "build_param_groups", "with_full_model_clipping"]
+__all__ = [
+    "adamw_with_full_model_clipping",
+    "build_optimizer",
+    "build_param_groups",
+    "param_groups",
+    "with_full_model_clipping",
+]
 
 FULL_MODEL = "full_model"
 
@@ -24,23 +30,37 @@ NORM_MODULE_TYPES = (
 )
 
 
-def lr_multiplier(name: str, cfg: CfgNode) -> float:
+def lr_multiplier(
+    name: str, backbone_multiplier: float, linear_proj_multiplier: float,
+    linear_proj_names: Sequence[str],
+) -> float:
     """Learning-rate factor of the parameter called ``name`` in the model's ``named_parameters``.
 
-    ``backbone.*`` -> SOLVER.BACKBONE_MULTIPLIER; any parameter inside a module named in
-    SOLVER.LINEAR_PROJ_NAMES (e.g. ``...cross_attn.sampling_offsets.weight``) ->
-    SOLVER.LINEAR_PROJ_MULTIPLIER; everything else 1.
+    ``backbone.*`` -> ``backbone_multiplier`` (SOLVER.BACKBONE_MULTIPLIER); any parameter inside
+    a module named in ``linear_proj_names`` (SOLVER.LINEAR_PROJ_NAMES, e.g.
+    ``...cross_attn.sampling_offsets.weight``) -> ``linear_proj_multiplier``
+    (SOLVER.LINEAR_PROJ_MULTIPLIER); everything else 1.
     """
     path = name.split(".")
     if path[0] == "backbone":
-        return cfg.SOLVER.BACKBONE_MULTIPLIER
-    if any(part in cfg.SOLVER.LINEAR_PROJ_NAMES for part in path[:-1]):
-        return cfg.SOLVER.LINEAR_PROJ_MULTIPLIER
+        return backbone_multiplier
+    if any(part in linear_proj_names for part in path[:-1]):
+        return linear_proj_multiplier
     return 1.0
 
 
-def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict]:
-    """Trainable parameters grouped by (lr, weight decay), in ``named_parameters`` order.
+def param_groups(
+    model: nn.Module,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_norm: float,
+    backbone_multiplier: float = 0.1,
+    linear_proj_multiplier: float = 0.1,
+    linear_proj_names: Sequence[str] = ("sampling_offsets", "reference_points"),
+) -> List[Dict]:
+    """Trainable parameters grouped by (lr, weight decay), in ``named_parameters`` order: lr
+    ``base_lr`` x ``lr_multiplier``, ``weight_decay_norm`` for normalisation layers, else
+    ``weight_decay`` (the SOLVER keys of the same names).
 
     Returns:
         optimizer param groups ``{"params", "lr", "weight_decay"}``; a parameter shared by two
@@ -54,14 +74,24 @@ def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lr = cfg.SOLVER.BASE_LR * lr_multiplier(name, cfg)
-        is_norm = id(param) in norm_params
-        weight_decay = cfg.SOLVER.WEIGHT_DECAY_NORM if is_norm else cfg.SOLVER.WEIGHT_DECAY
-        groups.setdefault((lr, weight_decay), []).append(param)
+        lr = base_lr * lr_multiplier(
+            name, backbone_multiplier, linear_proj_multiplier, linear_proj_names
+        )
+        decay = weight_decay_norm if id(param) in norm_params else weight_decay
+        groups.setdefault((lr, decay), []).append(param)
     return [
-        {"params": params, "lr": lr, "weight_decay": weight_decay}
-        for (lr, weight_decay), params in groups.items()
+        {"params": params, "lr": lr, "weight_decay": decay}
+        for (lr, decay), params in groups.items()
     ]
+
+
+def build_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict]:
+    """``param_groups`` of the SOLVER keys."""
+    solver = cfg.SOLVER
+    return param_groups(
+        model, solver.BASE_LR, solver.WEIGHT_DECAY, solver.WEIGHT_DECAY_NORM,
+        solver.BACKBONE_MULTIPLIER, solver.LINEAR_PROJ_MULTIPLIER, solver.LINEAR_PROJ_NAMES,
+    )
 
 
 def with_full_model_clipping(
@@ -87,19 +117,27 @@ def with_full_model_clipping(
     return FullModelClipping
 
 
+def adamw_with_full_model_clipping(
+    params: List[Dict], lr: float, weight_decay: float, clip_value: float = 0.1,
+    norm_type: float = 2.0,
+) -> torch.optim.Optimizer:
+    """The paper's optimizer: AdamW over ``params`` whose step first clips the norm of all the
+    gradients together at ``clip_value`` (see ``with_full_model_clipping``)."""
+    optimizer_type = with_full_model_clipping(torch.optim.AdamW, clip_value, norm_type)
+    return optimizer_type(params, lr=lr, weight_decay=weight_decay)
+
+
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW over ``build_param_groups``, with SOLVER.CLIP_GRADIENTS applied.
 
-    CLIP_TYPE "full_model" clips the norm over all parameters (as the paper does); "value" and
-    "norm" are Detectron2's per-parameter clipping.
+    CLIP_TYPE "full_model" clips the norm over all parameters (as the paper does,
+    ``adamw_with_full_model_clipping``); "value" and "norm" are Detectron2's per-parameter
+    clipping.
     """
-    clip = cfg.SOLVER.CLIP_GRADIENTS
+    clip, params = cfg.SOLVER.CLIP_GRADIENTS, build_param_groups(cfg, model)
     if clip.ENABLED and clip.CLIP_TYPE == FULL_MODEL:
-        optimizer_type = with_full_model_clipping(torch.optim.AdamW, clip.CLIP_VALUE,
-                                                  clip.NORM_TYPE)
-    else:
-        optimizer_type = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
-    return optimizer_type(
-        build_param_groups(cfg, model), lr=cfg.SOLVER.BASE_LR,
-        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-    )
+        return adamw_with_full_model_clipping(
+            params, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, clip.CLIP_VALUE, clip.NORM_TYPE
+        )
+    optimizer_type = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
+    return optimizer_type(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)

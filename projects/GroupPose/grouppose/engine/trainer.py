@@ -3,7 +3,7 @@
 import logging
 import os
 import weakref
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
@@ -16,7 +16,13 @@ from detectron2.data.build import (
     filter_images_with_few_keypoints,
     filter_images_with_only_crowd_annotations,
 )
-from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.engine import (
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    hooks,
+)
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
@@ -32,7 +38,17 @@ from grouppose.engine.train_loop import training_step_class
 from grouppose.engine.unreadable_image_hook import UnreadableImageHook
 from grouppose.evaluation import build_keypoint_evaluator
 
-__all__ = ["Trainer", "setup_grouppose_logger", "training_dataset_dicts"]
+__all__ = [
+    "Trainer",
+    "TrainingState",
+    "distributed_model",
+    "setup_grouppose_logger",
+    "training_batches",
+    "training_dataset_dicts",
+    "training_images",
+    "training_step",
+    "with_grouppose_hooks",
+]
 
 
 def setup_grouppose_logger(output_dir: str) -> logging.Logger:
@@ -53,15 +69,27 @@ def _has_training_target(record: Dict) -> bool:
 
 
 def training_dataset_dicts(cfg: CfgNode) -> List[Dict]:
-    """The dicts of DATASETS.TRAIN, less the images DATALOADER.FILTER_EMPTY_ANNOTATIONS and
-    MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE filter out. One warning when they are fewer
-    than SOLVER.IMS_PER_BATCH (each batch then holds some images twice).
+    """``training_images`` of DATASETS.TRAIN, DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+    MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE and SOLVER.IMS_PER_BATCH."""
+    return training_images(
+        cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE, cfg.SOLVER.IMS_PER_BATCH,
+    )
+
+
+def training_images(
+    names: Sequence[str], filter_empty: bool = True, min_keypoints: int = 1,
+    total_batch_size: int = 0,
+) -> List[Dict]:
+    """The dicts of the datasets ``names`` (DATASETS.TRAIN), less the images with only crowd
+    people (``filter_empty``) and those with fewer than ``min_keypoints`` labeled keypoints
+    (MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE). One warning when they are fewer than
+    ``total_batch_size`` (each batch then holds some images twice).
 
     Raises:
         ValueError naming the datasets and their json files when no image has a labeled
         person (e.g. ``"annotations": []``), or when the filters leave no image.
     """
-    names = cfg.DATASETS.TRAIN
     # Unfiltered first: Detectron2's filters would turn "no labeled person" into a bare assert.
     dataset_dicts = get_detection_dataset_dicts(names, filter_empty=False)
     described = ", ".join(f"'{name}' ({MetadataCatalog.get(name).get('json_file')})"
@@ -72,9 +100,8 @@ def training_dataset_dicts(cfg: CfgNode) -> List[Dict]:
             "non-crowd annotation with a labeled keypoint (v > 0). A people-free dataset can be "
             "evaluated, not trained on"
         )
-    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+    if filter_empty:
         dataset_dicts = filter_images_with_only_crowd_annotations(dataset_dicts)
-    min_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
     if min_keypoints > 0:
         dataset_dicts = filter_images_with_few_keypoints(dataset_dicts, min_keypoints)
     if not dataset_dicts:
@@ -82,12 +109,22 @@ def training_dataset_dicts(cfg: CfgNode) -> List[Dict]:
             f"no image of {described} has MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE = "
             f"{min_keypoints} labeled keypoints"
         )
-    if len(dataset_dicts) < cfg.SOLVER.IMS_PER_BATCH:
+    if len(dataset_dicts) < total_batch_size:
         logging.getLogger(__name__).warning(
-            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is larger than the training set "
+            f"SOLVER.IMS_PER_BATCH {total_batch_size} is larger than the training set "
             f"({len(dataset_dicts)} images of {described}): every batch repeats images"
         )
     return dataset_dicts
+
+
+def training_batches(
+    dataset: List[Dict], mapper: Callable[[Dict], Optional[Dict]], total_batch_size: int,
+    num_workers: int = 0, seed: int = -1,
+) -> TrainingBatches:
+    """The resumable stream of ``dataset`` batches (see grouppose.engine.data_stream), seeded by
+    ``seed`` (SEED; random, the same in every process, when < 0)."""
+    seed = seed if seed >= 0 else comm.shared_random_seed()
+    return TrainingBatches(dataset, mapper, total_batch_size, num_workers, seed)
 
 
 def check_training_config(cfg: CfgNode) -> None:
@@ -117,17 +154,71 @@ def check_training_config(cfg: CfgNode) -> None:
         )
 
 
-def wrap_distributed(model: nn.Module, cfg: CfgNode) -> nn.Module:
+def distributed_model(model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
     """DistributedDataParallel when there are several processes (CPU processes included)."""
     kwargs = {"device_ids": None} if next(model.parameters()).device.type == "cpu" else {}
-    # Without auxiliary losses the earlier decoder layers' class heads get no gradient.
     return create_ddp_model(
-        model, broadcast_buffers=False,
-        find_unused_parameters=not cfg.MODEL.GROUP_POSE.AUX_LOSS, **kwargs,
+        model, broadcast_buffers=False, find_unused_parameters=find_unused_parameters, **kwargs,
     )
 
 
-class Trainer(DefaultTrainer):
+def training_step(
+    model: nn.Module, data_loader: TrainingBatches, optimizer: torch.optim.Optimizer, *,
+    amp: bool, micro_batches: int, find_unused_parameters: bool,
+) -> SimpleTrainer:
+    """The guarded, accumulating step (``training_step_class``) of ``model``, wrapped for
+    distributed training, running ``micro_batches`` passes per optimizer step."""
+    model = distributed_model(model, find_unused_parameters)
+    step = training_step_class(amp)(model, data_loader, optimizer)
+    step.micro_batches = micro_batches
+    return step
+
+
+def with_grouppose_hooks(
+    hook_list: List[Optional[hooks.HookBase]], data_loader: TrainingBatches, max_bad: int,
+) -> List[hooks.HookBase]:
+    """``hook_list`` with, right after the LR scheduler's (so that they see the state a periodic
+    checkpoint of the step holds), the unreadable-image hook (``max_bad``:
+    DATALOADER.MAX_BAD_IMAGES) and the preemption hook."""
+    hook_list = list(hook_list)
+    after_scheduler = 1 + next(
+        i for i, hook in enumerate(hook_list) if isinstance(hook, hooks.LRScheduler)
+    )
+    limit = max_bad_images(max_bad, len(data_loader.dataset))
+    hook_list[after_scheduler:after_scheduler] = [
+        UnreadableImageHook(data_loader, limit), PreemptionHook(),
+    ]
+    return hook_list
+
+
+class TrainingState:
+    """Mixin for a TrainerBase with ``_trainer`` (the step), ``checkpointer``, ``data_loader``
+    (TrainingBatches) and ``start_iter``: checkpoints hold the step's state (optimizer, AMP
+    grad scaler) and the data stream's seed, and loading one starts the stream at the next
+    iteration."""
+
+    def load_or_resume(self, weights: str, resume: bool) -> None:
+        """Load the last checkpoint of the output folder (``resume``) or ``weights``, then start
+        the data stream at the first iteration to run."""
+        self.checkpointer.resume_or_load(weights, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            # The checkpoint holds the iteration that finished: continue with the next one.
+            self.start_iter = self.iter + 1
+        self.data_loader.start_iter = self.start_iter
+
+    def state_dict(self) -> Dict:
+        state = TrainerBase.state_dict(self)
+        state["_trainer"] = self._trainer.state_dict()  # optimizer (+ AMP grad scaler)
+        state["data_seed"] = self.data_loader.seed
+        return state
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        TrainerBase.load_state_dict(self, state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])
+        self.data_loader.seed = state_dict["data_seed"]
+
+
+class Trainer(TrainingState, DefaultTrainer):
     """DefaultTrainer with Group Pose's mapper, keypoint evaluators, the paper's optimizer, a
     resumable data stream, gradient accumulation (SOLVER.IMS_PER_DEVICE, see
     grouppose.engine.accumulation), a non-finite-loss guard, checkpoints that include the
@@ -152,12 +243,15 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = wrap_distributed(model, cfg)
-        self._trainer = training_step_class(cfg.SOLVER.AMP.ENABLED)(model, data_loader, optimizer)
-        self._trainer.micro_batches = micro_batches
+        self._trainer = training_step(
+            model, data_loader, optimizer, amp=cfg.SOLVER.AMP.ENABLED, micro_batches=micro_batches,
+            # Without auxiliary losses the earlier decoder layers' class heads get no gradient.
+            find_unused_parameters=not cfg.MODEL.GROUP_POSE.AUX_LOSS,
+        )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer(
-            model, cfg.OUTPUT_DIR, trust_pickle=trust_pickle, trainer=weakref.proxy(self)
+            self._trainer.model, cfg.OUTPUT_DIR, trust_pickle=trust_pickle,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -165,34 +259,14 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self) -> List[hooks.HookBase]:
-        """Detectron2's hooks, and right after the LR scheduler's (so that they see the state
-        a periodic checkpoint of the step holds): unreadable images, then preemption."""
-        hook_list = super().build_hooks()
-        after_scheduler = 1 + next(
-            i for i, hook in enumerate(hook_list) if isinstance(hook, hooks.LRScheduler)
+        """Detectron2's hooks ``with_grouppose_hooks``."""
+        return with_grouppose_hooks(
+            super().build_hooks(), self.data_loader, self.cfg.DATALOADER.MAX_BAD_IMAGES
         )
-        limit = max_bad_images(self.cfg.DATALOADER.MAX_BAD_IMAGES, len(self.data_loader.dataset))
-        hook_list[after_scheduler:after_scheduler] = [
-            UnreadableImageHook(self.data_loader, limit), PreemptionHook(),
-        ]
-        return hook_list
 
     def resume_or_load(self, resume: bool = True) -> None:
-        """Load the last checkpoint of OUTPUT_DIR (``resume``) or MODEL.WEIGHTS, then start the
-        data stream at the first iteration to run."""
-        super().resume_or_load(resume=resume)
-        self.data_loader.start_iter = self.start_iter
-
-    def state_dict(self) -> Dict:
-        state = super().state_dict()
-        state["_trainer"] = self._trainer.state_dict()  # optimizer (+ AMP grad scaler)
-        state["data_seed"] = self.data_loader.seed
-        return state
-
-    def load_state_dict(self, state_dict: Dict) -> None:
-        TrainerBase.load_state_dict(self, state_dict)
-        self._trainer.load_state_dict(state_dict["_trainer"])
-        self.data_loader.seed = state_dict["data_seed"]
+        """``load_or_resume`` of MODEL.WEIGHTS."""
+        self.load_or_resume(self.cfg.MODEL.WEIGHTS, resume)
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:
@@ -212,11 +286,9 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg: CfgNode) -> TrainingBatches:
         """Batches of DATASETS.TRAIN (``training_dataset_dicts``), mapped by
         GroupPoseDatasetMapper, in the order of a stream seeded by SEED (random when < 0)."""
-        dataset_dicts = training_dataset_dicts(cfg)
-        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-        return TrainingBatches(
-            dataset_dicts, GroupPoseDatasetMapper(cfg, is_train=True), cfg.SOLVER.IMS_PER_BATCH,
-            cfg.DATALOADER.NUM_WORKERS, seed,
+        return training_batches(
+            training_dataset_dicts(cfg), GroupPoseDatasetMapper(cfg, is_train=True),
+            cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS, cfg.SEED,
         )
 
     @classmethod

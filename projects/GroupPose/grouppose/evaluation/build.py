@@ -1,6 +1,6 @@
 """Pick the keypoint evaluator a dataset needs: COCO's (pycocotools) or CrowdPose's."""
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -10,12 +10,23 @@ from grouppose.evaluation.coco import KeypointCOCOEvaluator, keypoint_ground_tru
 from grouppose.evaluation.crowdpose import CrowdPoseEvaluator
 from grouppose.modeling.oks import default_oks_sigmas
 
-__all__ = ["build_keypoint_evaluator", "keypoint_oks_sigmas"]
+__all__ = [
+    "build_keypoint_evaluator",
+    "evaluation_oks_sigmas",
+    "keypoint_evaluator",
+    "keypoint_oks_sigmas",
+]
 
 
 def keypoint_oks_sigmas(cfg: CfgNode, dataset_name: str) -> List[float]:
-    """The OKS sigmas to evaluate ``dataset_name`` with: cfg.TEST.KEYPOINT_OKS_SIGMAS when set,
-    else the dataset's ``kpt_oks_sigmas`` metadata, else the standard ones for K = 17 / 14.
+    """``evaluation_oks_sigmas`` of cfg.TEST.KEYPOINT_OKS_SIGMAS."""
+    return evaluation_oks_sigmas(dataset_name, cfg.TEST.KEYPOINT_OKS_SIGMAS)
+
+
+def evaluation_oks_sigmas(dataset_name: str, sigmas: Sequence[float] = ()) -> List[float]:
+    """The OKS sigmas to evaluate ``dataset_name`` with: ``sigmas`` (TEST.KEYPOINT_OKS_SIGMAS)
+    when given, else the dataset's ``kpt_oks_sigmas`` metadata, else the standard ones for
+    K = 17 / 14.
 
     Raises:
         ValueError when their number differs from the dataset's keypoint count.
@@ -24,7 +35,7 @@ def keypoint_oks_sigmas(cfg: CfgNode, dataset_name: str) -> List[float]:
     names = metadata.get("keypoint_names")
     if names is None:
         raise ValueError(f"dataset '{dataset_name}' has no keypoint_names metadata")
-    sigmas = list(cfg.TEST.KEYPOINT_OKS_SIGMAS) or list(metadata.get("kpt_oks_sigmas", []))
+    sigmas = list(sigmas) or list(metadata.get("kpt_oks_sigmas", []))
     if not sigmas:
         sigmas = default_oks_sigmas(len(names)).tolist()
     if len(sigmas) != len(names):
@@ -38,7 +49,14 @@ def keypoint_oks_sigmas(cfg: CfgNode, dataset_name: str) -> List[float]:
 def build_keypoint_evaluator(
     cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None
 ) -> DatasetEvaluator:
-    """Keypoint evaluator for a registered dataset.
+    """``keypoint_evaluator`` with cfg.TEST.KEYPOINT_OKS_SIGMAS."""
+    return keypoint_evaluator(dataset_name, output_dir, cfg.TEST.KEYPOINT_OKS_SIGMAS)
+
+
+def keypoint_evaluator(
+    dataset_name: str, output_dir: Optional[str] = None, oks_sigmas: Sequence[float] = ()
+) -> DatasetEvaluator:
+    """Keypoint evaluator for a registered dataset, with ``evaluation_oks_sigmas``.
 
     ``evaluator_type`` "crowdpose" (crowdpose_* datasets): ``CrowdPoseEvaluator`` (xtcocotools).
     Otherwise (COCO, synthetic, custom K): ``KeypointCOCOEvaluator``, Detectron2's
@@ -56,7 +74,7 @@ def build_keypoint_evaluator(
     if metadata.get("thing_dataset_id_to_contiguous_id") is None:
         DatasetCatalog.get(dataset_name)
     json_file = metadata.get("json_file")
-    sigmas = keypoint_oks_sigmas(cfg, dataset_name)
+    sigmas = evaluation_oks_sigmas(dataset_name, oks_sigmas)
     if metadata.get("evaluator_type") == "crowdpose":
         return CrowdPoseEvaluator(dataset_name, sigmas, output_dir=output_dir)
     if json_file is None:  # Detectron2 converts the dataset dicts to a COCO json itself

@@ -309,19 +309,42 @@ class SetCriterion(nn.Module):
 
 
 def build_criterion(cfg: CfgNode) -> SetCriterion:
-    """The Group Pose losses of ``cfg.MODEL.GROUP_POSE``, their Hungarian matcher included."""
+    """``make_criterion`` of ``cfg.MODEL.GROUP_POSE``."""
     gp = cfg.MODEL.GROUP_POSE
-    sigmas = resolve_oks_sigmas(cfg)
+    return make_criterion(
+        resolve_oks_sigmas(cfg), num_decoder_layers=gp.DEC_LAYERS, aux_loss=gp.AUX_LOSS,
+        focal_alpha=gp.FOCAL_ALPHA, cls_weight=gp.CLS_WEIGHT, keypoint_weight=gp.KPT_L1_WEIGHT,
+        oks_weight=gp.OKS_WEIGHT, cost_class=gp.COST_CLASS, cost_keypoints=gp.COST_KPT_L1,
+        cost_oks=gp.COST_OKS, interm_loss_weight=gp.INTERM_LOSS_WEIGHT,
+    )
+
+
+def make_criterion(
+    sigmas: Union[Tensor, Sequence[float]],
+    num_decoder_layers: int,
+    aux_loss: bool = True,
+    focal_alpha: float = 0.25,
+    cls_weight: float = 2.0,
+    keypoint_weight: float = 10.0,
+    oks_weight: float = 4.0,
+    cost_class: float = 2.0,
+    cost_keypoints: float = 10.0,
+    cost_oks: float = 4.0,
+    interm_loss_weight: float = 1.0,
+) -> SetCriterion:
+    """The Group Pose losses and their Hungarian matcher; the arguments are the
+    MODEL.GROUP_POSE keys FOCAL_ALPHA, CLS_WEIGHT, KPT_L1_WEIGHT, OKS_WEIGHT, COST_CLASS,
+    COST_KPT_L1, COST_OKS, INTERM_LOSS_WEIGHT, DEC_LAYERS and AUX_LOSS (every decoder layer
+    supervised) and the (K,) OKS sigmas."""
     matcher = HungarianMatcher(
-        cost_class=gp.COST_CLASS, cost_keypoints=gp.COST_KPT_L1, cost_oks=gp.COST_OKS,
-        focal_alpha=gp.FOCAL_ALPHA, sigmas=sigmas,
+        cost_class=cost_class, cost_keypoints=cost_keypoints, cost_oks=cost_oks,
+        focal_alpha=focal_alpha, sigmas=sigmas,
     )
     return SetCriterion(
-        matcher, sigmas, focal_alpha=gp.FOCAL_ALPHA,
+        matcher, sigmas, focal_alpha=focal_alpha,
         weight_dict={
-            "loss_cls": gp.CLS_WEIGHT, "loss_keypoints": gp.KPT_L1_WEIGHT,
-            "loss_oks": gp.OKS_WEIGHT,
+            "loss_cls": cls_weight, "loss_keypoints": keypoint_weight, "loss_oks": oks_weight,
         },
-        num_aux_outputs=gp.DEC_LAYERS - 1 if gp.AUX_LOSS else 0,
-        interm_loss_weight=gp.INTERM_LOSS_WEIGHT,
+        num_aux_outputs=num_decoder_layers - 1 if aux_loss else 0,
+        interm_loss_weight=interm_loss_weight,
     )
