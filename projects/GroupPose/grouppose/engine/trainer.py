@@ -25,6 +25,7 @@ from grouppose.checkpoint import SafeCheckpointer
 from grouppose.data import GroupPoseDatasetMapper
 from grouppose.data.unreadable_images import max_bad_images
 from grouppose.engine.accumulation import micro_batches_per_step
+from grouppose.engine.agreement import StepAgreement
 from grouppose.engine.data_stream import TrainingBatches
 from grouppose.engine.optimizer import build_optimizer
 from grouppose.engine.preemption import PreemptionHook
@@ -166,14 +167,16 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self) -> List[hooks.HookBase]:
         """Detectron2's hooks, and right after the LR scheduler's (so that they see the state
-        a periodic checkpoint of the step holds): unreadable images, then preemption."""
+        a periodic checkpoint of the step holds): unreadable images, then preemption, which
+        the processes decide on together with one all-reduce per step."""
         hook_list = super().build_hooks()
         after_scheduler = 1 + next(
             i for i, hook in enumerate(hook_list) if isinstance(hook, hooks.LRScheduler)
         )
         limit = max_bad_images(self.cfg.DATALOADER.MAX_BAD_IMAGES, len(self.data_loader.dataset))
+        agreement = StepAgreement()
         hook_list[after_scheduler:after_scheduler] = [
-            UnreadableImageHook(self.data_loader, limit), PreemptionHook(),
+            UnreadableImageHook(self.data_loader, limit, agreement), PreemptionHook(agreement),
         ]
         return hook_list
 
