@@ -35,6 +35,7 @@ from grouppose.deploy import OnnxPosePredictor
 from grouppose.image_io import IMAGE_EXTENSIONS, read_image
 from grouppose.no_overwrite import check_not_overwriting
 from grouppose.predictor import GroupPosePredictor
+from grouppose.user_errors import exit_on_user_error
 from grouppose.visualization import VisualizationDemo
 
 WINDOW_NAME = "Group Pose"
@@ -329,17 +330,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger = setup_logger(name="grouppose.demo")
     logger.info(f"Arguments: {args}")
 
-    try:
-        paths = expand_inputs(args.input) if args.input else []
-        check_output(args.output, args.input or [], paths, args.video_input)
-        register_command_line_datasets(args.dataset, args.dataset_meta)
-        demo = VisualizationDemo(build_predictor(args))
-        if args.input:
-            return run_on_images(demo, paths, args.output)
-        return run_on_video(demo, 0 if args.webcam else args.video_input, args.output, args)
-    except (ValueError, DisplayUnavailableError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    try:  # with no --output, the window closes in any case
+        with exit_on_user_error(DisplayUnavailableError):
+            paths = expand_inputs(args.input) if args.input else []
+            check_output(args.output, args.input or [], paths, args.video_input)
+            register_command_line_datasets(args.dataset, args.dataset_meta)
+            demo = VisualizationDemo(build_predictor(args))
+            if args.input:
+                return run_on_images(demo, paths, args.output)
+            return run_on_video(demo, 0 if args.webcam else args.video_input, args.output,
+                                args)
     finally:
         if not args.output:
             close_window()

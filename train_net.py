@@ -26,6 +26,7 @@ from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
 from grouppose.config import fall_back_to_cpu, get_grouppose_cfg, inference_model_config
 from grouppose.data.command_line import add_dataset_arguments, register_command_line_datasets
 from grouppose.engine import Trainer, launch
+from grouppose.user_errors import exit_on_user_error
 
 
 def setup(args) -> CfgNode:
@@ -64,7 +65,8 @@ def get_parser():
 if __name__ == "__main__":
     args = get_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-        dist_url=args.dist_url, args=(args,),
-    )
+    with exit_on_user_error():  # one line and status 2, also from a training process
+        launch(
+            main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+            dist_url=args.dist_url, args=(args,),
+        )

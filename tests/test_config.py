@@ -207,3 +207,16 @@ def test_plain_detectron2_config_is_told_to_add_the_group_pose_keys():
     cfg.MODEL.DEVICE = "cpu"
     with pytest.raises(ValueError, match=r"grouppose\.add_grouppose_config\(cfg\)"):
         build_model(cfg)
+
+
+def test_an_unknown_key_is_a_value_error_naming_it(tmp_path):
+    """yacs asserts on an unknown key or a KEY without VALUE; commands report ValueErrors as
+    user errors (one line, grouppose.user_errors), assertions as bugs."""
+    with pytest.raises(ValueError, match="config overrides .*Non-existent key: MODEL.NOPE"):
+        get_grouppose_cfg("", ["MODEL.NOPE", "1"])
+    with pytest.raises(ValueError, match="config overrides .*odd length"):
+        get_grouppose_cfg("", ["MODEL.DEVICE"])
+    config_file = tmp_path / "typo.yaml"
+    config_file.write_text("MODEL:\n  NOPE: 1\n")
+    with pytest.raises(ValueError, match=f"config file '{config_file}': .*MODEL.NOPE"):
+        get_grouppose_cfg(str(config_file))

@@ -128,8 +128,9 @@ def test_refuses_a_backbone_depth_that_disagrees(official):
 
 def test_cli_refuses_a_config_that_disagrees(official_path, tmp_path, capsys):
     output = tmp_path / "model.pth"
-    status = load_tool().main([str(official_path), str(output), "--config-file", str(BASE_CONFIG)])
-    assert status != 0 and not output.exists()
+    with pytest.raises(SystemExit) as stop:  # a user error: one line, status 2
+        load_tool().main([str(official_path), str(output), "--config-file", str(BASE_CONFIG)])
+    assert stop.value.code == 2 and not output.exists()
     assert "ENC_LAYERS=6 but the checkpoint has 2" in capsys.readouterr().err
 
 

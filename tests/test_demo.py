@@ -31,7 +31,11 @@ def config_file(tmp_path_factory):
 
 
 def run_demo(config_file, *args):
-    return demo.main(["--config-file", config_file, "--confidence-threshold", "0", *args])
+    """demo.main's exit status: its return value, or the code of a user error's SystemExit."""
+    try:
+        return demo.main(["--config-file", config_file, "--confidence-threshold", "0", *args])
+    except SystemExit as stop:
+        return stop.code
 
 
 def random_bgr(height, width, seed=0):
@@ -124,7 +128,7 @@ def test_glob_input(config_file, tmp_path, capsys):
 
 def test_glob_without_match_is_an_error(config_file, tmp_path, capsys):
     pattern = str(tmp_path / "*.jpg")
-    assert run_demo(config_file, "--input", pattern, "--output", str(tmp_path)) == 1
+    assert run_demo(config_file, "--input", pattern, "--output", str(tmp_path)) == 2
     assert f"--input '{pattern}' matches no image file" in capsys.readouterr().err
 
 
@@ -165,18 +169,16 @@ def test_unreadable_video_is_named(config_file, tmp_path, capsys):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     output = str(tmp_path / "drawn")
-    assert run_demo(config_file, "--video-input", str(broken), "--output", output) == 1
+    assert run_demo(config_file, "--video-input", str(broken), "--output", output) == 2
     assert str(broken) in capsys.readouterr().err
     missing = str(tmp_path / "missing.mp4")
-    assert run_demo(config_file, "--video-input", missing, "--output", output) == 1
+    assert run_demo(config_file, "--video-input", missing, "--output", output) == 2
     assert f"video file not found: '{missing}'" in capsys.readouterr().err
 
 
 def test_exactly_one_source_is_required(config_file, tmp_path):
-    with pytest.raises(SystemExit):
-        run_demo(config_file, "--output", str(tmp_path))
-    with pytest.raises(SystemExit):
-        run_demo(config_file, "--input", "x.png", "--video-input", "y.mp4")
+    assert run_demo(config_file, "--output", str(tmp_path)) == 2  # argparse's usage error
+    assert run_demo(config_file, "--input", "x.png", "--video-input", "y.mp4") == 2
 
 
 def test_single_image_output_without_extension_is_a_folder(config_file, tmp_path):
@@ -198,7 +200,7 @@ def test_output_file_that_cannot_hold_the_result_is_refused_before_inference(
     flag = "--input" if source == "image" else "--video-input"
     status = run_demo(config_file, flag, str(input_file), "--output", str(output),
                       "--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth"))
-    assert status == 1
+    assert status == 2
     expected = ".jpg" if source == "image" else ".mp4"
     article = "an" if source == "image" else "a"
     assert re.search(
@@ -222,7 +224,7 @@ def test_untrained_weights_are_refused_with_how_to_get_a_model(config_file, tmp_
     torch.save({k: v for k, v in state.items() if k.startswith("backbone.")}, backbone_only)
     status = run_demo(config_file, "--input", str(image_file), "--output", str(tmp_path / "o"),
                       "--opts", "MODEL.WEIGHTS", str(backbone_only))
-    assert status == 1
+    assert status == 2
     error = capsys.readouterr().err
     assert "is not a trained Group Pose model" in error
     assert "tools/convert_official_checkpoint.py" in error
@@ -265,7 +267,7 @@ def test_output_that_would_overwrite_an_input_is_refused_before_the_model(
     status = run_demo(config_file, *inputs, "--output", output,
                       "--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth"))
 
-    assert status == 1
+    assert status == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert f"--output '{output}'" in line and f"input '{named_input}'" in line
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -7,6 +7,8 @@ import runpy
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from tiny_grouppose import REPO_ROOT
@@ -60,3 +62,50 @@ def test_cpu_device_is_kept():
     cfg = get_grouppose_cfg("", ["MODEL.DEVICE", "cpu"])
     fall_back_to_cpu(cfg)
     assert cfg.MODEL.DEVICE == "cpu"
+
+
+@pytest.fixture(scope="module")
+def truncated_weights(tmp_path_factory):
+    """A weights file cut short, as an interrupted download leaves it."""
+    path = tmp_path_factory.mktemp("weights") / "model_final.pth"
+    torch.save({"model": {"w": torch.zeros(4096)}}, path)
+    path.write_bytes(path.read_bytes()[:8192])
+    return path
+
+
+TINY_CONFIG = str(REPO_ROOT / "configs" / "Synthetic" / "grouppose_tiny.yaml")
+# Each command given the truncated weights file ({weights}) and a folder for its outputs ({out}).
+TRUNCATED_WEIGHTS_COMMANDS = {
+    "train_net --eval-only": ["train_net.py", "--config-file", TINY_CONFIG, "--eval-only",
+                              "MODEL.WEIGHTS", "{weights}", "OUTPUT_DIR", "{out}"],
+    # The error is met in both training processes; the launcher reports it once.
+    "train_net --num-gpus 2": ["train_net.py", "--config-file", TINY_CONFIG, "--eval-only",
+                               "--num-gpus", "2", "MODEL.WEIGHTS", "{weights}",
+                               "OUTPUT_DIR", "{out}"],
+    "demo": ["demo.py", "--config-file", TINY_CONFIG, "--input", "{out}/person.png", "--output",
+             "{out}/drawn.png", "--opts", "MODEL.WEIGHTS", "{weights}"],
+    "convert_official_checkpoint": ["tools/convert_official_checkpoint.py", "{weights}",
+                                    "{out}/converted.pth"],
+    "convert_imagenet_swin": ["tools/convert_imagenet_swin.py", "{weights}",
+                              "{out}/converted.pth"],
+    "export_onnx": ["tools/export_onnx.py", "--config-file", TINY_CONFIG,
+                    "--weights", "{weights}", "--output", "{out}/model.onnx", "--dynamic"],
+}
+
+
+@pytest.mark.parametrize("command", TRUNCATED_WEIGHTS_COMMANDS)
+def test_a_user_error_is_one_line_and_status_2(command, truncated_weights, tmp_path):
+    """A truncated weights file at every entry point: one ``error:`` line naming the file,
+    exit status 2, no traceback (those are for bugs)."""
+    cv2.imwrite(str(tmp_path / "person.png"), np.full((48, 64, 3), 127, dtype=np.uint8))
+    argv = [arg.format(weights=truncated_weights, out=tmp_path)
+            for arg in TRUNCATED_WEIGHTS_COMMANDS[command]]
+    env = {**subprocess_env(), "DETECTRON2_DATASETS": str(tmp_path / "datasets")}
+    result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env,
+                            cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"error: {truncated_weights}: ")
+    assert "truncated or corrupt" in errors[0]

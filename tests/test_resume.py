@@ -1,10 +1,11 @@
-"""Kill training (SIGKILL) between checkpoints, or stop it with SIGTERM between them, --resume,
-and end where an uninterrupted run ends: same iteration, weights, optimizer state, learning rate
-and data order."""
+"""Kill training (SIGKILL) between checkpoints, or stop it with SIGTERM between them or between
+the micro-batches of an accumulated step, --resume, and end where an uninterrupted run ends:
+same iteration, weights, optimizer state, learning rate and data order."""
 
 import itertools
 import signal
 import subprocess
+import textwrap
 import time
 
 import pytest
@@ -121,6 +122,65 @@ def test_sigterm_checkpoints_the_step_and_resume_is_bitwise(straight_run, tmp_pa
         assert torch.equal(resumed["model"][name], weight), name
     optimizers = [s["trainer"]["_trainer"]["optimizer"] for s in (straight, resumed)]
     for index, state in optimizers[0]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(optimizers[1]["state"][index][key], value), (index, key)
+
+
+# SOLVER.IMS_PER_BATCH 4 (FAST_OPTS) in micro-batches of 2 images: 2 forward passes per step.
+ACCUMULATED = [*OPTS, "SOLVER.IMS_PER_DEVICE", "2"]
+MICRO_BATCHES, STOP_STEP = 2, PERIOD + 1  # a step between the periodic checkpoints
+# Run before train_net.py: the process sends itself SIGTERM as the second micro-batch of step
+# STOP_STEP starts, i.e. after the first one's backward pass (a signal is handled by the main
+# thread before its next Python instruction, so the moment is exact).
+SIGTERM_BETWEEN_MICRO_BATCHES = textwrap.dedent(f"""
+    import os
+    import signal
+    from grouppose.modeling.meta_arch import GroupPose
+
+    training_passes, forward = [], GroupPose.forward
+
+    def forward_then_signal(self, batched_inputs):
+        if self.training:
+            training_passes.append(len(batched_inputs))
+            if len(training_passes) == {STOP_STEP * MICRO_BATCHES + 2}:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, batched_inputs)
+
+    GroupPose.forward = forward_then_signal
+""")
+
+
+def test_sigterm_between_micro_batches_then_resume_is_bitwise(straight_run, tmp_path):
+    """SIGTERM during an accumulated step, after its first micro-batch: the step's other
+    micro-batch and the optimizer step run, the step is checkpointed, exit "preempted";
+    --resume ends with the weights and optimizer state of an uninterrupted run with the same
+    accumulation, bit for bit."""
+    data_root, output_dir = straight_run[0], tmp_path / "stopped"
+    stopped = subprocess.run(
+        train_net_command(data_root, output_dir, opts=ACCUMULATED,
+                          prelude=SIGTERM_BETWEEN_MICRO_BATCHES),
+        env=subprocess_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=300,
+    )
+    assert stopped.returncode == PREEMPTED_EXIT_CODE, stopped.stdout[-6000:]
+    assert (output_dir / "last_checkpoint").read_text() == f"model_{STOP_STEP:07d}.pth"
+    checkpoint = load_checkpoint(output_dir / f"model_{STOP_STEP:07d}.pth")
+    assert checkpoint["iteration"] == STOP_STEP
+    assert checkpoint["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == STOP_STEP + 1
+    assert f"received SIGTERM: saving iteration {STOP_STEP}" in (output_dir / "log.txt").read_text()
+
+    output = run_train_net(data_root, output_dir, args=["--resume"], opts=ACCUMULATED)
+    assert f"Starting training from iteration {STOP_STEP + 1}" in output
+    run_train_net(data_root, tmp_path / "straight", opts=ACCUMULATED)
+    straight, resumed = (load_checkpoint(tmp_path / run / "model_final.pth")
+                         for run in ("straight", "stopped"))
+    assert resumed["iteration"] == straight["iteration"] == MAX_ITER - 1
+    assert resumed["model"].keys() == straight["model"].keys()
+    for name, weight in straight["model"].items():
+        assert torch.equal(resumed["model"][name], weight), name
+    optimizers = [s["trainer"]["_trainer"]["optimizer"] for s in (straight, resumed)]
+    for index, state in optimizers[0]["state"].items():
+        assert state["step"] == MAX_ITER
         for key, value in state.items():
             assert torch.equal(optimizers[1]["state"][index][key], value), (index, key)
 

@@ -67,6 +67,14 @@ def load_script(path: Path):
     return module
 
 
+def exit_status(main, argv) -> int:
+    """A command's ``main(argv)`` status: its return value, or a user error's SystemExit code."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
 # ------------------------------------------------------------------------------------------
 # The reader
 
@@ -147,9 +155,9 @@ def test_predictor_and_predict(crafted, tiny_config_file, image_file):
 def test_demo(crafted, tiny_config_file, image_file, tmp_path, capsys):
     path, marker = crafted
     demo = load_script(REPO_ROOT / "demo.py")
-    status = demo.main(["--config-file", str(tiny_config_file), "--input", str(image_file),
-                        "--output", str(tmp_path / "out"), "--opts", "MODEL.WEIGHTS", str(path)])
-    assert status == 1
+    assert exit_status(demo.main, ["--config-file", str(tiny_config_file), "--input",
+                                   str(image_file), "--output", str(tmp_path / "out"),
+                                   "--opts", "MODEL.WEIGHTS", str(path)]) == 2
     assert_refused(capsys.readouterr().err, path, marker)
 
 
@@ -157,7 +165,7 @@ def test_demo(crafted, tiny_config_file, image_file, tmp_path, capsys):
 def test_converters(crafted, tool, tmp_path, capsys):
     path, marker = crafted
     converter = load_script(REPO_ROOT / "tools" / tool)
-    assert converter.main([str(path), str(tmp_path / "out.pth")]) == 1
+    assert exit_status(converter.main, [str(path), str(tmp_path / "out.pth")]) == 2
     assert_refused(capsys.readouterr().err, path, marker)
     assert not (tmp_path / "out.pth").exists()
 
@@ -231,7 +239,7 @@ def test_trained_checkpoint_is_required(tiny_config_file, tmp_path):
 def test_converters_name_a_missing_input(tool, tmp_path, capsys):
     converter = load_script(REPO_ROOT / "tools" / tool)
     missing = tmp_path / "missing.pth"
-    assert converter.main([str(missing), str(tmp_path / "out.pth")]) == 1
+    assert exit_status(converter.main, [str(missing), str(tmp_path / "out.pth")]) == 2
     assert capsys.readouterr().err.strip() == f"error: weights file not found: '{missing}'"
 
 
@@ -277,10 +285,9 @@ def test_predictor_names_a_truncated_file(truncated, tiny_config_file):
 
 def test_demo_names_a_truncated_file(truncated, tiny_config_file, image_file, tmp_path, capsys):
     demo = load_script(REPO_ROOT / "demo.py")
-    status = demo.main(["--config-file", str(tiny_config_file), "--input", str(image_file),
-                        "--output", str(tmp_path / "out"), "--opts", "MODEL.WEIGHTS",
-                        str(truncated)])
-    assert status == 1
+    assert exit_status(demo.main, ["--config-file", str(tiny_config_file), "--input",
+                                   str(image_file), "--output", str(tmp_path / "out"),
+                                   "--opts", "MODEL.WEIGHTS", str(truncated)]) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert_named_corrupt(line, truncated)
 
@@ -295,7 +302,7 @@ def test_eval_only_names_a_truncated_file(truncated, tiny_data, tmp_path):
 @pytest.mark.parametrize("tool", ["convert_official_checkpoint.py", "convert_imagenet_swin.py"])
 def test_converters_name_a_truncated_file(truncated, tool, tmp_path, capsys):
     converter = load_script(REPO_ROOT / "tools" / tool)
-    assert converter.main([str(truncated), str(tmp_path / "out.pth")]) == 1
+    assert exit_status(converter.main, [str(truncated), str(tmp_path / "out.pth")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert_named_corrupt(line, truncated)
     assert not (tmp_path / "out.pth").exists()

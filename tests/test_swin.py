@@ -416,7 +416,9 @@ def test_imagenet_swin_weights_load_into_the_backbone(tmp_path, capsys):
         if not key.endswith("relative_position_index"):
             assert torch.equal(model.state_dict()["backbone." + key], value), key
 
-    assert tool.main([str(source), str(output), *_opts(swin_cfg(NUM_HEADS=[2, 2, 2, 4]))]) == 1
+    with pytest.raises(SystemExit) as stop:  # a user error: one line, status 2
+        tool.main([str(source), str(output), *_opts(swin_cfg(NUM_HEADS=[2, 2, 2, 4]))])
+    assert stop.value.code == 2
     assert "MODEL.SWIN.NUM_HEADS=[2, 2, 2, 4] but the checkpoint has [1, 2, 2, 4]" in (
         capsys.readouterr().err)
     with pytest.raises(ValueError, match="not a Swin parameter name"):

@@ -73,23 +73,25 @@ def subprocess_env(threads: int = 1) -> Dict[str, str]:
 
 
 def train_net_command(data_root: Path, output_dir: Path, args: Sequence[str] = (),
-                      opts: Sequence[str] = ()) -> List[str]:
-    """A command that registers the tiny datasets, then runs train_net.py as ``__main__``
-    with ``--config-file`` the tiny config, ``args`` and the FAST_OPTS + ``opts`` overrides."""
+                      opts: Sequence[str] = (), prelude: str = "") -> List[str]:
+    """A command that registers the tiny datasets, runs the Python code ``prelude`` (e.g. a
+    test's instrumentation), then runs train_net.py as ``__main__`` with ``--config-file`` the
+    tiny config, ``args`` and the FAST_OPTS + ``opts`` overrides."""
     argv = [str(TRAIN_NET), "--config-file", str(TINY_CONFIG), *args,
             *FAST_OPTS, "OUTPUT_DIR", str(output_dir), *opts]
-    return script_command(data_root, argv)
+    return script_command(data_root, argv, prelude)
 
 
-def script_command(data_root: Path, argv: Sequence[str]) -> List[str]:
-    """A command that registers the tiny datasets, then runs the script ``argv[0]`` as
-    ``__main__`` with ``argv``."""
+def script_command(data_root: Path, argv: Sequence[str], prelude: str = "") -> List[str]:
+    """A command that registers the tiny datasets, runs the Python code ``prelude``, then runs
+    the script ``argv[0]`` as ``__main__`` with ``argv``."""
     code = (
         "import runpy, sys\n"
         "from pathlib import Path\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from training_utils import register_tiny_datasets\n"
         f"register_tiny_datasets(Path({str(data_root)!r}))\n"
+        f"{prelude}\n"
         f"sys.argv = {list(argv)!r}\n"
         f"runpy.run_path({str(argv[0])!r}, run_name='__main__')\n"
     )

@@ -25,6 +25,7 @@ from grouppose.checkpoint import (
     read_weights_file,
 )
 from grouppose.config import get_grouppose_cfg
+from grouppose.user_errors import exit_on_user_error
 
 _AUTHOR = "ImageNet Swin Transformer weights, converted"
 
@@ -41,16 +42,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    cfg = get_grouppose_cfg(args.config_file, args.opts) if args.config_file or args.opts else None
-    try:
+    with exit_on_user_error():
+        cfg = get_grouppose_cfg(args.config_file, args.opts) if args.config_file or args.opts \
+            else None
         checkpoint = read_weights_file(args.input, args.trust_pickle)
         state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
         if not isinstance(state_dict, dict):
             raise ValueError(f"{args.input}: expected a dict checkpoint")
         converted, dropped = convert_imagenet_swin(state_dict, cfg)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     output = detectron2_checkpoint(converted)
     output["__author__"] = _AUTHOR
     torch.save(output, args.output)

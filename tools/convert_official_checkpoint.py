@@ -22,6 +22,7 @@ from grouppose.checkpoint import (
     load_official_state_dict,
 )
 from grouppose.config import get_grouppose_cfg
+from grouppose.user_errors import exit_on_user_error
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -36,13 +37,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    cfg = get_grouppose_cfg(args.config_file, args.opts) if args.config_file or args.opts else None
-    try:
+    with exit_on_user_error():
+        cfg = get_grouppose_cfg(args.config_file, args.opts) if args.config_file or args.opts \
+            else None
         state_dict = load_official_state_dict(args.input, trust_pickle=args.trust_pickle)
         converted, report = convert_official_checkpoint(state_dict, cfg)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     torch.save(detectron2_checkpoint(converted), args.output)
     print(f"{report.summary()} -> {args.output}")
     return 0

@@ -28,6 +28,7 @@ from detectron2.modeling import build_model
 from grouppose.checkpoint import add_trust_pickle_argument
 from grouppose.deploy.onnx_export import OPSETS, export_onnx
 from grouppose.predictor import build_inference_config, load_trained_weights
+from grouppose.user_errors import exit_on_user_error
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -59,20 +60,16 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    if not args.output.endswith(".onnx"):
-        print(f"error: --output '{args.output}' must end with .onnx", file=sys.stderr)
-        return 1
     height, width = args.size or (None, None)
-    try:
+    with exit_on_user_error():
+        if not args.output.endswith(".onnx"):
+            raise ValueError(f"--output '{args.output}' must end with .onnx")
         cfg = build_inference_config(args.config_file, args.weights, "cpu", args.opts)
         model = build_model(cfg)
         load_trained_weights(model, cfg.MODEL.WEIGHTS, args.trust_pickle)
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         path = export_onnx(model.eval(), args.output, height=height, width=width,
                            dynamic=args.dynamic, opset=args.opset, cfg=cfg)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     size = "any HxW" if args.dynamic else f"{height}x{width}"
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, opset {args.opset}, {size})")
     return 0

@@ -118,15 +118,22 @@ def get_grouppose_cfg(config_file: str = "", opts: Sequence = ()) -> CfgNode:
     Detectron2's default model, input and solver.
 
     Raises:
-        ValueError naming ``config_file`` when it does not exist.
+        ValueError naming ``config_file`` when it does not exist, or naming the file or the
+        overrides and the key when they set a key that does not exist.
     """
     cfg = get_cfg()
     add_grouppose_config(cfg)
     if config_file:
         if not os.path.isfile(config_file):
             raise ValueError(f"config file not found: '{config_file}'")
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+        try:
+            cfg.merge_from_file(config_file)
+        except (AssertionError, KeyError) as e:  # yacs: an unknown key
+            raise ValueError(f"config file '{config_file}': {e.args[0]}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except (AssertionError, KeyError) as e:  # yacs: an unknown key, a KEY without its VALUE
+        raise ValueError(f"config overrides (KEY VALUE ...): {e.args[0]}") from None
     return cfg
 
 

@@ -4,7 +4,9 @@ Detectron2 0.6's ``launch`` requires CUDA (NCCL, one GPU per process). Without a
 starts the processes itself and joins them with the gloo backend, the way upstream Detectron2
 does today; with a GPU it is Detectron2's ``launch``. With several processes, the launcher passes
 SIGTERM, SIGUSR1 and SIGINT on to them and exits with their preemption status
-(``grouppose.engine.preemption``).
+(``grouppose.engine.preemption``); a user error in them is raised by the launcher as a
+ValueError with their message (``grouppose.user_errors``), not as a traceback of
+torch.multiprocessing.
 """
 
 import socket
@@ -18,6 +20,7 @@ from detectron2.engine import launch as detectron2_launch
 from detectron2.utils import comm
 
 from grouppose.engine.preemption import relay_preemption
+from grouppose.user_errors import user_errors_of_processes
 
 __all__ = ["launch"]
 
@@ -86,10 +89,10 @@ def launch(
         detectron2_launch(main_func, 1, num_machines, machine_rank, dist_url, args=tuple(args),
                           timeout=timeout)
         return
-    with relay_preemption():
+    with relay_preemption(), user_errors_of_processes(main_func) as process_main:
         if torch.cuda.is_available():
-            detectron2_launch(main_func, num_processes_per_machine, num_machines, machine_rank,
-                              dist_url, args=tuple(args), timeout=timeout)
+            detectron2_launch(process_main, num_processes_per_machine, num_machines,
+                              machine_rank, dist_url, args=tuple(args), timeout=timeout)
             return
         if dist_url == "auto":
             if num_machines > 1:
@@ -97,6 +100,6 @@ def launch(
             dist_url = _free_local_url()
         mp.spawn(
             _cpu_worker, nprocs=num_processes_per_machine, daemon=False,
-            args=(main_func, num_processes_per_machine, num_machines, machine_rank, dist_url,
+            args=(process_main, num_processes_per_machine, num_machines, machine_rank, dist_url,
                   tuple(args), timeout),
         )

@@ -6,7 +6,7 @@ preemption and at the time limit, or the signal of ``--signal``, e.g. SIGUSR1). 
 - the signal handler only records the signal (so a second signal, e.g. during the save, changes
   nothing), and costs nothing while training runs;
 - after each optimizer step, ``PreemptionHook`` asks whether any process has received one
-  (``any_process``: every process stops at the same step even if only one was signalled), and
+  (``StepAgreement``: every process stops at the same step even if only one was signalled), and
   if so writes the checkpoint of that step, as a periodic checkpoint would (model, optimizer,
   scheduler, iteration, data stream, hooks; written atomically, see
   ``grouppose.checkpoint.atomic``), updates ``last_checkpoint`` and exits with
@@ -25,13 +25,13 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import torch.multiprocessing as mp
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from grouppose.engine.agreement import any_process
+from grouppose.engine.agreement import StepAgreement
 
 __all__ = [
     "PREEMPTED_EXIT_CODE",
@@ -87,10 +87,15 @@ class PreemptionHook(HookBase):
     """After each step, save and exit if any process received a stop signal (see module doc).
 
     Registered after the LR scheduler hook, so that its checkpoint holds the state a periodic
-    checkpoint of the same step holds. A signal during the last step lets training finish."""
+    checkpoint of the same step holds. A signal during the last step lets training finish.
+    ``agreement``: shared with the other hooks that all processes decide on together."""
 
-    def __init__(self) -> None:
+    QUESTION = "stop signal"
+
+    def __init__(self, agreement: Optional[StepAgreement] = None) -> None:
         self.signals = StopSignals()
+        self.agreement = agreement or StepAgreement()
+        self.agreement.add(self.QUESTION, lambda: bool(self.signals.received))
 
     def before_train(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -100,9 +105,9 @@ class PreemptionHook(HookBase):
                            "will not checkpoint it before it stops")
 
     def after_step(self) -> None:
-        if not any_process(bool(self.signals.received)):
-            return
         iteration = self.trainer.iter
+        if not self.agreement.any_process(self.QUESTION, iteration):
+            return
         source = (f"received {', '.join(self.signals.received)}" if self.signals.received
                   else "another training process received a stop signal")
         if iteration + 1 >= self.trainer.max_iter:

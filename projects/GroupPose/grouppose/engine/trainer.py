@@ -31,6 +31,7 @@ from grouppose.checkpoint import SafeCheckpointer
 from grouppose.data import GroupPoseDatasetMapper
 from grouppose.data.unreadable_images import max_bad_images
 from grouppose.engine.accumulation import micro_batches_per_step
+from grouppose.engine.agreement import StepAgreement
 from grouppose.engine.data_stream import TrainingBatches
 from grouppose.engine.optimizer import build_optimizer
 from grouppose.engine.preemption import PreemptionHook
@@ -179,14 +180,16 @@ def with_grouppose_hooks(
 ) -> List[hooks.HookBase]:
     """``hook_list`` with, right after the LR scheduler's (so that they see the state a periodic
     checkpoint of the step holds), the unreadable-image hook (``max_bad``:
-    DATALOADER.MAX_BAD_IMAGES) and the preemption hook."""
+    DATALOADER.MAX_BAD_IMAGES) and the preemption hook, which the processes decide on together
+    with one all-reduce per step."""
     hook_list = list(hook_list)
     after_scheduler = 1 + next(
         i for i, hook in enumerate(hook_list) if isinstance(hook, hooks.LRScheduler)
     )
     limit = max_bad_images(max_bad, len(data_loader.dataset))
+    agreement = StepAgreement()
     hook_list[after_scheduler:after_scheduler] = [
-        UnreadableImageHook(data_loader, limit), PreemptionHook(),
+        UnreadableImageHook(data_loader, limit, agreement), PreemptionHook(agreement),
     ]
     return hook_list
 
