@@ -2,6 +2,8 @@
 and loss, shapes, that the default model is unchanged without it, loading, drawing and ONNX
 export with it."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from detectron2.data import Metadata
 from detectron2.structures import Instances
 from test_meta_arch import build, tiny_cfg, train_step, training_batch
+from tiny_grouppose import REPO_ROOT
 
 from grouppose.modeling.criterion import build_targets
 from grouppose.modeling.keypoint_confidence import (
@@ -140,3 +143,22 @@ def test_drawing_leaves_out_keypoints_unlikely_visible():
     assert (drawn(KEYPOINT_SCORE) != image).any()  # the constant score: drawn, as before
     assert (drawn(0.9) != image).any()
     assert (drawn(0.2) == image).all()
+
+
+def _load_eval_tool():
+    path = REPO_ROOT / "tools" / "benchmarks" / "eval_keypoint_confidence.py"
+    spec = importlib.util.spec_from_file_location("eval_keypoint_confidence", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_auroc_of_the_evaluation_tool():
+    auroc = _load_eval_tool().auroc
+    assert auroc([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 1.0
+    assert auroc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 0.0
+    # A constant score (the paper's model): every pair ties, 0.5.
+    assert auroc([KEYPOINT_SCORE] * 5, [True, False, True, False, False]) == 0.5
+    # Pairs (positive, negative): (0.4, 0.1) win, (0.4, 0.4) tie, (0.4, 0.7) lose; (0.9, all) win.
+    assert auroc([0.4, 0.9, 0.1, 0.4, 0.7], [True, True, False, False, False]) == 4.5 / 6
+    assert np.isnan(auroc([0.3, 0.5], [True, True]))
