@@ -144,8 +144,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", required=True, help="the trained model (MODEL.WEIGHTS)")
     parser.add_argument("--dataset", help="registered dataset (default DATASETS.TEST[0])")
-    parser.add_argument("--min-score", type=float, default=0.3,
-                        help="predictions must score above this to be matched")
+    parser.add_argument("--min-score", type=float, default=0.0,
+                        help="predictions must score above this to be matched (default any: "
+                        "person scores are AP's business, this judges keypoint scores)")
     parser.add_argument("--min-oks", type=float, default=0.5,
                         help="a prediction matches a person with at least this OKS")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
