@@ -192,6 +192,7 @@ def test_file_metadata_is_what_the_predictor_needs(reference_export):
     assert (metadata.min_size_test, metadata.max_size_test) == (224, 320)
     assert metadata.input_size is None and metadata.test_topk == 20
     assert metadata.num_keypoints == 17 and metadata.keypoint_names[:2] == ("nose", "left_eye")
+    assert not metadata.keypoint_confidence  # the paper's model: constant keypoint scores
 
 
 def reference_image_bgr(reference_dir, index: int = 0) -> np.ndarray:
@@ -330,6 +331,28 @@ def test_bad_metadata_is_named_with_its_file_and_field():
         DeployMetadata.from_json(json.dumps({**json.loads(good), "colour": 1}), "m.onnx")
     with pytest.raises(ValueError, match="m.onnx: metadata 'grouppose' is not JSON"):
         DeployMetadata.from_json("{", "m.onnx")
+
+
+def test_export_with_the_keypoint_confidence_head(tmp_path):
+    """The third keypoint value of the ONNX output is the head's probability, as in PyTorch,
+    and the file says so; without the head it stays the constant (metadata False)."""
+    from tiny_grouppose import tiny_config
+
+    cfg = tiny_config()
+    cfg.MODEL.GROUP_POSE.KEYPOINT_CONFIDENCE = True
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    path = export_onnx(model, tmp_path / "kpt_conf.onnx", dynamic=True, cfg=cfg)
+    predictor = OnnxPosePredictor(path)
+    assert predictor.metadata.keypoint_confidence
+    image = torch.rand((3, 96, 128), generator=torch.Generator().manual_seed(0)) * 255
+    scores, keypoints = predictor.run_network(image[None].numpy())
+    expected_scores, expected_keypoints = pytorch_poses(model, image)
+    assert_same_poses(scores[0], keypoints[0], expected_scores, expected_keypoints)
+    assert np.ptp(keypoints[0, :, :, 2]) > 1e-3  # per keypoint, not a constant
+    # Compared at PIXEL_ATOL above (the pixels' bound); probabilities are far tighter.
+    np.testing.assert_allclose(np.sort(keypoints[0, :, :, 2], axis=None),
+                               np.sort(expected_keypoints[:, :, 2], axis=None), atol=SCORE_ATOL)
 
 
 def test_resizing_is_detectron2s():

@@ -80,6 +80,10 @@ def add_grouppose_config(cfg: CfgNode) -> None:
     gp.GIOU_WEIGHT = 2.0  # loss weight: 1 - GIoU
     gp.COST_BOX_L1 = 5.0  # matching cost weight: box L1
     gp.COST_GIOU = 2.0  # matching cost weight: -GIoU
+    # Per-keypoint confidence head (not in the paper; grouppose.modeling.keypoint_confidence):
+    # the probability that a keypoint is visible (v = 2) becomes pred_keypoints[..., 2].
+    gp.KEYPOINT_CONFIDENCE = False
+    gp.KPT_CONF_WEIGHT = 2.0  # loss weight: keypoint confidence BCE (mean over keypoints)
 
     # Swin backbone (MODEL.BACKBONE.NAME "build_swin_backbone"): Swin-T defaults. Frozen parts
     # follow MODEL.BACKBONE.FREEZE_AT (0 none, 1 patch embedding, k >= 2 also res2 .. res{k}).
@@ -202,8 +206,10 @@ _RULES: Dict[str, _Rule] = {
     **dict.fromkeys((
         "CLS_WEIGHT", "KPT_L1_WEIGHT", "OKS_WEIGHT", "COST_CLASS", "COST_KPT_L1", "COST_OKS",
         "INTERM_LOSS_WEIGHT", "BOX_L1_WEIGHT", "GIOU_WEIGHT", "COST_BOX_L1", "COST_GIOU",
+        "KPT_CONF_WEIGHT",
     ), _NON_NEGATIVE),
-    "AUX_LOSS": _Rule("True or False", lambda v: isinstance(v, bool)),
+    **dict.fromkeys(("AUX_LOSS", "KEYPOINT_CONFIDENCE"),
+                    _Rule("True or False", lambda v: isinstance(v, bool))),
     "OKS_SIGMAS": _Rule(
         "a list of numbers > 0 (empty: from the dataset)",
         lambda v: _is_list(v) and all(_is_number(s) and s > 0 for s in v),
@@ -244,7 +250,12 @@ def check_grouppose_config(cfg: CfgNode) -> None:
             f"number of {config_key('IN_FEATURES')} ({list(gp.IN_FEATURES)}): each backbone "
             f"level is one, the others are extra levels"
         )
-    DecoderVariant.from_config(gp)
+    variant = DecoderVariant.from_config(gp)
+    if gp.KEYPOINT_CONFIDENCE and not variant.has_keypoint_queries:
+        raise ValueError(
+            f"{config_key('KEYPOINT_CONFIDENCE')} needs keypoint queries, which "
+            f"{config_key('QUERIES')} {gp.QUERIES!r} has none of"
+        )
 
 
 def _metadata_sigmas(dataset_names: Sequence[str]) -> Tuple[Optional[list], str]:

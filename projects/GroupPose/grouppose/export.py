@@ -57,7 +57,9 @@ class GroupPoseExportModule(nn.Module):
         Returns:
             scores (B, N) person scores in [0, 1], best first;
             keypoints (B, N, K, 3) as Detectron2's ``pred_keypoints`` (x, y in pixels of the
-            input, a constant per-keypoint score), in the order of ``scores``.
+            input, the per-keypoint score: the constant sigmoid(1), or the probability that the
+            keypoint is visible with MODEL.GROUP_POSE.KEYPOINT_CONFIDENCE), in the order of
+            ``scores``.
         """
         if self.raw_images:
             images = self.normalize(images)
@@ -66,7 +68,11 @@ class GroupPoseExportModule(nn.Module):
         scores, order = network.decoder.logits[-1].sigmoid().sort(dim=1, descending=True)
         keypoints = network.decoder.keypoints[-1]  # (B, N, K, 2) in [0, 1]
         keypoints = keypoints.gather(1, order[:, :, None, None].expand_as(keypoints))
-        return scores, keypoints_to_pixels(keypoints, (H, W))
+        keypoint_scores = network.keypoint_scores()  # (B, N, K) or None
+        if keypoint_scores is not None:
+            order_k = order[:, :, None].expand_as(keypoint_scores)
+            keypoint_scores = keypoint_scores.gather(1, order_k)
+        return scores, keypoints_to_pixels(keypoints, (H, W), keypoint_scores)
 
 
 def export_grouppose(

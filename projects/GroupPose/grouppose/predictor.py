@@ -65,6 +65,8 @@ def build_inference_config(
     return cfg
 
 
+# Where the optional keypoint confidence heads' weights are (GroupPose.keypoint_confidence).
+KEYPOINT_CONFIDENCE_PREFIX = "keypoint_confidence."
 _TRAINED_MODEL_HINT = (
     "inference needs a trained Group Pose checkpoint: convert an official one with "
     "tools/convert_official_checkpoint.py (README, 'Official checkpoints') or train one with "
@@ -116,6 +118,13 @@ def load_trained_weights(model: torch.nn.Module, weights: str, trust_pickle: boo
             "trained with (and a dataset with its keypoints)"
         )
     missing = incompatible.missing_keys
+    if missing and all(key.startswith(KEYPOINT_CONFIDENCE_PREFIX) for key in missing):
+        raise ValueError(
+            f"MODEL.WEIGHTS '{weights}' has no keypoint confidence head "
+            f"({KEYPOINT_CONFIDENCE_PREFIX}*, {len(missing)} weights): it was trained without "
+            "MODEL.GROUP_POSE.KEYPOINT_CONFIDENCE; load it with the switch off (constant keypoint "
+            "scores) or train with it on"
+        )
     if missing:
         total = len(model.state_dict())
         raise ValueError(

@@ -16,17 +16,28 @@ from grouppose.image_io import as_bgr_uint8
 from grouppose.modeling.postprocess import pose_instances
 from grouppose.predictor import GroupPosePredictor
 
-__all__ = ["DemoResult", "VisualizationDemo", "draw_poses"]
+__all__ = ["DemoResult", "KEYPOINT_THRESHOLD", "VisualizationDemo", "draw_poses"]
+
+# Keypoints scoring at most this are not drawn. The constant score of the paper's model,
+# sigmoid(1), is above it (every keypoint drawn); with MODEL.GROUP_POSE.KEYPOINT_CONFIDENCE the
+# score is the probability that the keypoint is visible, and those more likely hidden are not.
+KEYPOINT_THRESHOLD = 0.5
 
 
-def draw_poses(image_bgr: np.ndarray, instances: Instances, metadata: Metadata) -> np.ndarray:
+def draw_poses(
+    image_bgr: np.ndarray, instances: Instances, metadata: Metadata,
+    keypoint_threshold: float = KEYPOINT_THRESHOLD,
+) -> np.ndarray:
     """Skeletons (keypoints joined by ``metadata.keypoint_connection_rules``), boxes if the
     instances have ``pred_boxes`` and scores, drawn on a copy of the (H, W, 3) BGR image.
+    Keypoints whose score (``pred_keypoints[..., 2]``) is at most ``keypoint_threshold`` are
+    left out, with their skeleton lines.
 
     Returns:
         (H, W, 3) uint8 BGR.
     """
     visualizer = Visualizer(image_bgr[:, :, ::-1], metadata)
+    visualizer.keypoint_threshold = keypoint_threshold
     drawn = visualizer.draw_instance_predictions(instances.to("cpu")).get_image()
     return np.ascontiguousarray(drawn[:, :, ::-1])
 

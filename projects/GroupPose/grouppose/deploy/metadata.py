@@ -47,7 +47,9 @@ def check_score_threshold(value: float) -> float:
 class PosePrediction:
     """The poses found in one image, best first."""
 
-    keypoints: np.ndarray  # (n, K, 3) float32: x, y in pixels of the input image, score
+    # (n, K, 3) float32: x, y in pixels of the input image and the keypoint score: the
+    # probability that the keypoint is visible with the keypoint confidence head, else sigmoid(1)
+    keypoints: np.ndarray
     scores: np.ndarray  # (n,) float32 person scores in [0, 1]
 
     def __len__(self) -> int:
@@ -72,6 +74,8 @@ class DeployMetadata:
     max_size_test: Optional[int] = None  # INPUT.MAX_SIZE_TEST
     keypoint_names: Tuple[str, ...] = ()
     dataset: str = ""  # DATASETS.TEST[0]: the metadata of the keypoints (names, skeleton)
+    # The keypoints' third value is the confidence head's probability (not a constant).
+    keypoint_confidence: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -122,6 +126,8 @@ class DeployMetadata:
             )):
                 raise fail("input_size", "[height, width] or null")
             input_size = tuple(input_size)
+        if not isinstance(self.keypoint_confidence, bool):
+            raise fail("keypoint_confidence", "true or false")
         names = self.keypoint_names
         if not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
             raise fail("keypoint_names", "a list of strings")

@@ -113,6 +113,7 @@ def _metadata(model: GroupPose, input_size: Optional[Tuple[int, int]],
         "test_topk": model.test_topk,
         "test_score_thresh": float(model.test_score_thresh),
         "input_size": input_size,
+        "keypoint_confidence": model.keypoint_confidence is not None,
     }
     if cfg is not None:
         dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else ""
@@ -169,8 +170,9 @@ def export_onnx(
 
     Graph: input ``images`` (batch_size, 3, H, W) float32, 0..255 in the model's INPUT.FORMAT,
     unpadded; outputs ``scores`` (batch_size, N) in [0, 1], best first, and ``keypoints``
-    (batch_size, N, K, 3): x, y in pixels of ``images`` (Detectron2's continuous frame) and a
-    constant keypoint score, as ``GroupPoseExportModule``.
+    (batch_size, N, K, 3): x, y in pixels of ``images`` (Detectron2's continuous frame) and the
+    keypoint score (constant, or the confidence head's probability; the metadata's
+    ``keypoint_confidence`` says which), as ``GroupPoseExportModule``.
 
     The written model passes ``onnx.checker`` with full shape inference.
 

@@ -166,7 +166,8 @@ class OnnxPosePredictor:
 
         Returns:
             scores (B, N) float32 in [0, 1], best first, and keypoints (B, N, K, 3) float32:
-            x, y in pixels of ``images`` (Detectron2's continuous frame) and a constant score.
+            x, y in pixels of ``images`` (Detectron2's continuous frame) and the keypoint score
+            (see ``DeployMetadata.keypoint_confidence``).
         """
         scores, keypoints = self.session.run(
             list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)}

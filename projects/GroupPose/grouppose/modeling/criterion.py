@@ -2,7 +2,9 @@
 
 Loss names (unweighted): `loss_cls`, `loss_keypoints`, `loss_oks` for the final decoder layer,
 the same with suffix `_{i}` for earlier decoder layer i (`aux_outputs[i]`) and `_interm` for the
-encoder (two-stage) prediction. Each set of predictions gets its own Hungarian matching.
+encoder (two-stage) prediction. Each set of predictions gets its own Hungarian matching. With
+the keypoint confidence head (grouppose.modeling.keypoint_confidence), `loss_kpt_conf` too, for
+the decoder layers only.
 """
 
 from contextlib import contextmanager
@@ -17,11 +19,18 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from grouppose.config import resolve_oks_sigmas
+from grouppose.modeling.keypoint_confidence import (
+    CONFIDENCE_LOSS,
+    keypoint_confidence_loss,
+    keypoint_confidence_target,
+)
 from grouppose.modeling.matcher import FOCAL_GAMMA, HungarianMatcher, Matches, NonFiniteCostError
 from grouppose.modeling.oks import MIN_OKS, as_sigmas, keypoint_similarity
 
 DEFAULT_LOSS_WEIGHTS = {"loss_cls": 2.0, "loss_keypoints": 10.0, "loss_oks": 4.0}
 INTERM_SUFFIX = "_interm"
+# The decoder outputs' (B, N, K) keypoint confidence logits, with the confidence head.
+CONFIDENCE_KEY = "pred_keypoint_confidence"
 
 NamedPredictions = List[Tuple[str, Mapping[str, Tensor]]]
 
@@ -115,7 +124,9 @@ def build_targets(
 
     Returns:
         dict with `keypoints` (n, K, 2) xy / (W, H) (unlabeled keypoints at 0, as the official
-        data pipeline stores them), `visible` (n, K) bool (v > 0) and `area` (n,) area / (W * H).
+        data pipeline stores them), `visible` (n, K) bool (v > 0: labeled, the keypoints the
+        keypoint losses train), `area` (n,) area / (W * H) and `confidence` (n, K) float, the
+        keypoint confidence head's target (1 where v = 2, see keypoint_confidence_target).
     """
     if keypoints.dim() != 3 or keypoints.shape[-1] != 3:
         raise ValueError(f"keypoints must be (n, K, 3), got {tuple(keypoints.shape)}")
@@ -128,7 +139,10 @@ def build_targets(
     visible = keypoints[..., 2] > 0
     scale = keypoints.new_tensor([width, height])
     xy = torch.where(visible[..., None], keypoints[..., :2] / scale, keypoints.new_zeros(()))
-    return {"keypoints": xy, "visible": visible, "area": area.float() / (width * height)}
+    return {
+        "keypoints": xy, "visible": visible, "area": area.float() / (width * height),
+        "confidence": keypoint_confidence_target(keypoints[..., 2]),
+    }
 
 
 def expand_weight_dict(
@@ -216,6 +230,7 @@ class SetCriterion(nn.Module):
         weight_dict: Optional[Mapping[str, float]] = None,
         num_aux_outputs: int = 0,
         interm_loss_weight: float = 1.0,
+        keypoint_confidence_weight: Optional[float] = None,
     ):
         """
         Args:
@@ -228,6 +243,8 @@ class SetCriterion(nn.Module):
                 (decoder layers - 1).
             interm_loss_weight: multiplies the weights of the encoder's (two-stage) `_interm`
                 losses.
+            keypoint_confidence_weight: the weight of `loss_kpt_conf` (and its `_{i}` copies),
+                which the decoder outputs' CONFIDENCE_KEY logits then need; None: no such loss.
         """
         super().__init__()
         base_weights = dict(DEFAULT_LOSS_WEIGHTS if weight_dict is None else weight_dict)
@@ -244,6 +261,12 @@ class SetCriterion(nn.Module):
         self.focal_alpha = focal_alpha
         self.num_aux_outputs = num_aux_outputs
         self.weight_dict = expand_weight_dict(base_weights, num_aux_outputs, interm_loss_weight)
+        self.keypoint_confidence = keypoint_confidence_weight is not None
+        if self.keypoint_confidence:
+            self.weight_dict.update({
+                CONFIDENCE_LOSS + suffix: keypoint_confidence_weight
+                for suffix in ["", *(f"_{i}" for i in range(num_aux_outputs))]
+            })
         self.sigmas = sigmas  # moved to the predictions' device when used, as in the matcher
 
     def named_predictions(self, outputs: Dict) -> List[Tuple[str, Dict[str, Tensor]]]:
@@ -254,6 +277,10 @@ class SetCriterion(nn.Module):
                              f"with num_aux_outputs={self.num_aux_outputs}")
         named = [("", outputs)]
         named += [(f"_{i}", aux) for i, aux in enumerate(aux_outputs)]
+        for suffix, predictions in named:
+            if self.keypoint_confidence and CONFIDENCE_KEY not in predictions:
+                raise ValueError(f"{output_name(suffix)} lack '{CONFIDENCE_KEY}', which the "
+                                 f"criterion's keypoint_confidence_weight needs")
         if "interm_outputs" in outputs:
             named.append((INTERM_SUFFIX, outputs["interm_outputs"]))
         return named
@@ -262,9 +289,10 @@ class SetCriterion(nn.Module):
         """
         Args:
             outputs: `pred_logits` (B, N), `pred_keypoints` (B, N, K, 2), `aux_outputs` (list of
-                dicts with those keys), optional `interm_outputs` (dict with those keys).
+                dicts with those keys), optional `interm_outputs` (dict with those keys); with
+                keypoint confidence, the decoder outputs also have CONFIDENCE_KEY (B, N, K).
             targets: B dicts with `keypoints` (n, K, 2), `visible` (n, K) bool, `area` (n,)
-                (see build_targets).
+                and, with keypoint confidence, `confidence` (n, K) (see build_targets).
 
         Returns:
             unweighted scalar losses by name (see the module docstring).
@@ -301,11 +329,17 @@ class SetCriterion(nn.Module):
             pred, matched["keypoints"], matched["visible"], matched["area"],
             self.sigmas.to(pred.device),
         ).clamp(min=MIN_OKS)
-        return {
+        losses = {
             "loss_cls": focal / num_people,
             "loss_keypoints": l1.sum() / num_people,
             "loss_oks": (1 - oks).sum() / num_people,
         }
+        if self.keypoint_confidence and CONFIDENCE_KEY in predictions:
+            losses[CONFIDENCE_LOSS] = keypoint_confidence_loss(
+                predictions[CONFIDENCE_KEY][batch_index, query_index],
+                matched_targets(targets, matches, "confidence", logits.device), num_people,
+            )
+        return losses
 
 
 def build_criterion(cfg: CfgNode) -> SetCriterion:
@@ -316,6 +350,7 @@ def build_criterion(cfg: CfgNode) -> SetCriterion:
         focal_alpha=gp.FOCAL_ALPHA, cls_weight=gp.CLS_WEIGHT, keypoint_weight=gp.KPT_L1_WEIGHT,
         oks_weight=gp.OKS_WEIGHT, cost_class=gp.COST_CLASS, cost_keypoints=gp.COST_KPT_L1,
         cost_oks=gp.COST_OKS, interm_loss_weight=gp.INTERM_LOSS_WEIGHT,
+        keypoint_confidence_weight=gp.KPT_CONF_WEIGHT if gp.KEYPOINT_CONFIDENCE else None,
     )
 
 
@@ -331,11 +366,13 @@ def make_criterion(
     cost_keypoints: float = 10.0,
     cost_oks: float = 4.0,
     interm_loss_weight: float = 1.0,
+    keypoint_confidence_weight: Optional[float] = None,
 ) -> SetCriterion:
     """The Group Pose losses and their Hungarian matcher; the arguments are the
     MODEL.GROUP_POSE keys FOCAL_ALPHA, CLS_WEIGHT, KPT_L1_WEIGHT, OKS_WEIGHT, COST_CLASS,
     COST_KPT_L1, COST_OKS, INTERM_LOSS_WEIGHT, DEC_LAYERS and AUX_LOSS (every decoder layer
-    supervised) and the (K,) OKS sigmas."""
+    supervised), KPT_CONF_WEIGHT where KEYPOINT_CONFIDENCE is on (None: no confidence loss)
+    and the (K,) OKS sigmas."""
     matcher = HungarianMatcher(
         cost_class=cost_class, cost_keypoints=cost_keypoints, cost_oks=cost_oks,
         focal_alpha=focal_alpha, sigmas=sigmas,
@@ -347,4 +384,5 @@ def make_criterion(
         },
         num_aux_outputs=num_decoder_layers - 1 if aux_loss else 0,
         interm_loss_weight=interm_loss_weight,
+        keypoint_confidence_weight=keypoint_confidence_weight,
     )

@@ -14,7 +14,12 @@ from torch import Tensor, nn
 from grouppose.config import attention_layer_args, check_grouppose_config
 from grouppose.layers.fast_paths import fast_paths_active
 from grouppose.modeling.backbone import InputProjection, use_affine_frozen_batch_norm
-from grouppose.modeling.criterion import SetCriterion, build_criterion, build_targets
+from grouppose.modeling.criterion import (
+    CONFIDENCE_KEY,
+    SetCriterion,
+    build_criterion,
+    build_targets,
+)
 from grouppose.modeling.decoder import DecoderOutput, GroupPoseDecoder
 from grouppose.modeling.detection_criterion import DetectionCriterion, person_boxes
 from grouppose.modeling.detection_decoder import (
@@ -25,6 +30,7 @@ from grouppose.modeling.detection_decoder import (
 )
 from grouppose.modeling.encoder import DeformableEncoder, FlattenedLevels, flatten_levels
 from grouppose.modeling.inference_precision import resolve_inference_dtype
+from grouppose.modeling.keypoint_confidence import KeypointConfidenceHeads
 from grouppose.modeling.position_encoding import feature_map_position_encoding
 from grouppose.modeling.postprocess import PIXEL_CENTER_OFFSET, poses_to_instances
 from grouppose.modeling.query_selection import (
@@ -47,15 +53,29 @@ class NetworkOutput:
     selection: SelectedPoses  # two-stage (encoder) prediction at the N selected positions
     decoder: DecoderOutput  # per decoder layer hidden states, references and predictions
     detection: Optional[DetectionOutput] = None  # the human detection decoder's, if any
+    # Per decoder layer (B, N, K) keypoint confidence logits, with KEYPOINT_CONFIDENCE.
+    keypoint_confidence: Optional[List[Tensor]] = None
+
+    def keypoint_scores(self) -> Optional[Tensor]:
+        """(B, N, K) float32 probability that each keypoint of the last decoder layer is
+        visible, or None without the confidence head."""
+        if self.keypoint_confidence is None:
+            return None
+        return self.keypoint_confidence[-1].float().sigmoid()
 
     def predictions(self, with_aux: bool = True) -> Dict:
-        """The criterion's input: ``pred_logits`` (B, N), ``pred_keypoints`` (B, N, K, 2) of
-        the last decoder layer, ``aux_outputs`` (earlier layers, in order, if ``with_aux``) and
-        ``interm_outputs`` (the two-stage prediction), each a dict with those two keys."""
+        """The criterion's input: ``pred_logits`` (B, N), ``pred_keypoints`` (B, N, K, 2) (and
+        with the confidence head CONFIDENCE_KEY (B, N, K)) of the last decoder layer,
+        ``aux_outputs`` (earlier layers, in order, if ``with_aux``) and ``interm_outputs`` (the
+        two-stage prediction), each a dict with those keys (the two-stage one without
+        CONFIDENCE_KEY)."""
         layers = [
             {"pred_logits": logits, "pred_keypoints": keypoints}
             for logits, keypoints in zip(self.decoder.logits, self.decoder.keypoints)
         ]
+        if self.keypoint_confidence is not None:
+            for layer, confidence in zip(layers, self.keypoint_confidence):
+                layer[CONFIDENCE_KEY] = confidence
         outputs = dict(layers[-1])
         if with_aux:
             outputs["aux_outputs"] = layers[:-1]
@@ -132,6 +152,7 @@ class GroupPose(nn.Module):
         detection_decoder: Optional[HumanDetectionDecoder] = None,
         detection_criterion: Optional[DetectionCriterion] = None,
         inference_dtype: Optional[torch.dtype] = None,
+        keypoint_confidence: Optional[KeypointConfidenceHeads] = None,
     ):
         """
         Args:
@@ -149,10 +170,17 @@ class GroupPose(nn.Module):
                 above test_score_thresh.
             inference_dtype: autocast dtype of inference (bfloat16 / float16), or None for
                 float32. Training is unaffected (see SOLVER.AMP).
+            keypoint_confidence: the optional per-keypoint confidence heads (see
+                grouppose.modeling.keypoint_confidence); the criterion must then have a
+                keypoint confidence weight. None: every keypoint scores the constant
+                KEYPOINT_SCORE, as in the paper.
         """
         super().__init__()
         if (detection_decoder is None) != (detection_criterion is None):
             raise ValueError("detection_decoder and detection_criterion go together")
+        if (keypoint_confidence is None) == criterion.keypoint_confidence:
+            raise ValueError("keypoint_confidence heads and the criterion's "
+                             "keypoint_confidence_weight go together")
         self.backbone = backbone
         self.in_features = list(in_features)
         self.input_proj = input_proj
@@ -167,6 +195,7 @@ class GroupPose(nn.Module):
         self.test_score_thresh = test_score_thresh
         self.detection_decoder = detection_decoder
         self.detection_criterion = detection_criterion
+        self.keypoint_confidence = keypoint_confidence
         self.inference_dtype = inference_dtype
         # Mean / std of images scaled to [0, 1], divided in float64 so that they round to the
         # official float32 constants (0.485, ..., 0.229, ...); see preprocess_image.
@@ -217,6 +246,11 @@ class GroupPose(nn.Module):
             "inference_dtype": resolve_inference_dtype(
                 gp.INFERENCE_PRECISION, torch.device(cfg.MODEL.DEVICE)
             ),
+            # Built last (an optional part): the other parts' seeded initial weights are then
+            # the same with and without it.
+            "keypoint_confidence": KeypointConfidenceHeads(
+                gp.DEC_LAYERS, gp.HIDDEN_DIM, variant.keypoint_slice
+            ) if gp.KEYPOINT_CONFIDENCE else None,
         }
 
     @property
@@ -260,11 +294,13 @@ class GroupPose(nn.Module):
                     for name, loss in losses.items()
                 })
             return weighted
+        keypoint_scores = network.keypoint_scores()
         return [
-            {"instances": self._instances(logits, keypoints, x, image_size)}
-            for logits, keypoints, x, image_size in zip(
-                network.decoder.logits[-1], network.decoder.keypoints[-1], batched_inputs,
-                images.image_sizes,
+            {"instances": self._instances(logits, keypoints, scores, x, image_size)}
+            for logits, keypoints, scores, x, image_size in zip(
+                network.decoder.logits[-1], network.decoder.keypoints[-1],
+                [None] * len(batched_inputs) if keypoint_scores is None else keypoint_scores,
+                batched_inputs, images.image_sizes,
             )
         ]
 
@@ -317,7 +353,10 @@ class GroupPose(nn.Module):
             detection = self.detection_decoder(selection.embedding, boxes, memory, flattened)
             person_features, keypoints = detection.hidden, detection.keypoints
         decoded = self.decoder(self.queries(person_features), keypoints, memory, flattened)
-        return NetworkOutput(levels, flattened, memory, selection, decoded, detection)
+        confidence = None
+        if self.keypoint_confidence is not None:
+            confidence = self.keypoint_confidence(decoded.hidden)
+        return NetworkOutput(levels, flattened, memory, selection, decoded, detection, confidence)
 
     def _targets(self, instances: Instances, image_size: Tuple[int, int]) -> Dict[str, Tensor]:
         """One image's people in the criterion's normalised format (see build_targets), with
@@ -341,12 +380,15 @@ class GroupPose(nn.Module):
         return targets
 
     def _instances(
-        self, logits: Tensor, keypoints: Tensor, batched_input: Dict, image_size: Tuple[int, int]
+        self, logits: Tensor, keypoints: Tensor, keypoint_scores: Optional[Tensor],
+        batched_input: Dict, image_size: Tuple[int, int],
     ) -> Instances:
-        """One image's (N,) logits and (N, K, 2) keypoints -> Instances at the requested output
-        size (``height`` / ``width`` of the input dict, default the network input size)."""
+        """One image's (N,) logits, (N, K, 2) keypoints and (N, K) keypoint scores (None: the
+        constant) -> Instances at the requested output size (``height`` / ``width`` of the
+        input dict, default the network input size)."""
         height = batched_input.get("height", image_size[0])
         width = batched_input.get("width", image_size[1])
         return poses_to_instances(
-            logits, keypoints, (height, width), self.test_topk, self.test_score_thresh
+            logits, keypoints, (height, width), self.test_topk, self.test_score_thresh,
+            keypoint_scores,
         )

@@ -1,14 +1,16 @@
 """Group Pose predictions -> Detectron2 ``Instances`` in output-image pixels."""
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
-# The model has no keypoint-visibility head. Like the official implementation (which appends
-# a constant visibility logit of 1), every keypoint gets the score sigmoid(1) ~ 0.731.
+# The paper's model has no keypoint-visibility head. Like the official implementation (which
+# appends a constant visibility logit of 1), every keypoint gets the score sigmoid(1) ~ 0.731,
+# unless MODEL.GROUP_POSE.KEYPOINT_CONFIDENCE adds the head (grouppose.modeling.
+# keypoint_confidence): then the score is its probability that the keypoint is visible.
 KEYPOINT_SCORE = 1.0 / (1.0 + math.exp(-1.0))
 
 # Detectron2 treats keypoint coordinates as continuous, pixel i spanning [i, i + 1): its COCO
@@ -19,19 +21,26 @@ KEYPOINT_SCORE = 1.0 / (1.0 + math.exp(-1.0))
 PIXEL_CENTER_OFFSET = 0.5
 
 
-def keypoints_to_pixels(keypoints: Tensor, output_size: Tuple[int, int]) -> Tensor:
+def keypoints_to_pixels(
+    keypoints: Tensor, output_size: Tuple[int, int], keypoint_scores: Optional[Tensor] = None
+) -> Tensor:
     """(..., K, 2) xy in [0, 1] of the unpadded input -> (..., K, 3) Detectron2
     ``pred_keypoints``: x, y in pixels of an image of ``output_size`` (height, width), in
-    Detectron2's continuous frame, and the constant per-keypoint score."""
+    Detectron2's continuous frame, and the per-keypoint score: ``keypoint_scores`` (..., K)
+    when given (the confidence head's), else the constant KEYPOINT_SCORE."""
     height, width = output_size
     scale = torch.tensor([width, height], dtype=keypoints.dtype, device=keypoints.device)
     xy = keypoints * scale + PIXEL_CENTER_OFFSET
-    return torch.cat([xy, torch.full_like(xy[..., :1], KEYPOINT_SCORE)], dim=-1)
+    if keypoint_scores is None:
+        scores = torch.full_like(xy[..., :1], KEYPOINT_SCORE)
+    else:
+        scores = keypoint_scores.to(xy.dtype)[..., None]
+    return torch.cat([xy, scores], dim=-1)
 
 
 def poses_to_instances(
     logits: Tensor, keypoints: Tensor, output_size: Tuple[int, int], topk: int,
-    score_threshold: float = 0.0,
+    score_threshold: float = 0.0, keypoint_scores: Optional[Tensor] = None,
 ) -> Instances:
     """The ``topk`` highest-scoring poses of one image with score > ``score_threshold``.
 
@@ -46,10 +55,12 @@ def poses_to_instances(
         output_size: (height, width) of the image to report results in.
         topk: maximum number of poses kept.
         score_threshold: poses must score above it.
+        keypoint_scores: (N, K) per-keypoint scores in [0, 1] (the confidence head's), or None
+            for the constant KEYPOINT_SCORE.
 
     Returns:
         Instances of size output_size with n <= topk poses, by decreasing score:
-        ``pred_keypoints`` (n, K, 3) x, y in pixels and a per-keypoint score; ``scores`` (n,)
+        ``pred_keypoints`` (n, K, 3) x, y in pixels and the per-keypoint score; ``scores`` (n,)
         sigmoid of the logit; ``pred_classes`` (n,) int64 zeros (person); ``pred_boxes`` (n, 4)
         XYXY tight box around the keypoints.
     """
@@ -58,7 +69,9 @@ def poses_to_instances(
     scores, indices = logits.float().sigmoid().topk(min(topk, logits.shape[0]))
     keep = scores > score_threshold
     scores, indices = scores[keep], indices[keep]
-    pred_keypoints = keypoints_to_pixels(keypoints[indices].float(), output_size)
+    if keypoint_scores is not None:
+        keypoint_scores = keypoint_scores[indices]
+    pred_keypoints = keypoints_to_pixels(keypoints[indices].float(), output_size, keypoint_scores)
     return pose_instances(pred_keypoints, scores, (height, width))
 
 
