@@ -109,3 +109,15 @@ def test_a_user_error_is_one_line_and_status_2(command, truncated_weights, tmp_p
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith(f"error: {truncated_weights}: ")
     assert "truncated or corrupt" in errors[0]
+
+
+def test_user_errors_keep_their_traceback_on_request(monkeypatch, capsys):
+    """GROUPPOSE_TRACEBACK=1: the error propagates (with its stack) instead of one line."""
+    from grouppose.user_errors import TRACEBACK_VARIABLE, exit_on_user_error
+
+    with pytest.raises(SystemExit) as stopped, exit_on_user_error():
+        raise ValueError("bad value")
+    assert stopped.value.code == 2 and capsys.readouterr().err == "error: bad value\n"
+    monkeypatch.setenv(TRACEBACK_VARIABLE, "1")
+    with pytest.raises(ValueError, match="bad value"), exit_on_user_error():
+        raise ValueError("bad value")

@@ -5,7 +5,9 @@ The package reports what a user can fix (a bad config value, a --dataset spec, a
 corrupt or unsafe weights file, no readable checkpoint to resume, too many unreadable images, a
 missing file) with the exceptions of ``USER_ERRORS`` and a message that names the file or key.
 Every command (train_net.py, demo.py, tools/) runs inside ``exit_on_user_error``; any other
-exception is a bug and keeps its traceback. In a multi-process run (``grouppose.engine.launch``)
+exception is a bug and keeps its traceback (and so does every error with the environment variable
+``GROUPPOSE_TRACEBACK=1``, for when a ValueError deep in a library needs its stack). In a
+multi-process run (``grouppose.engine.launch``)
 the training processes hand their messages to the launcher (``user_errors_of_processes``), which
 reports each distinct one once, instead of a traceback of torch.multiprocessing.
 """
@@ -30,6 +32,8 @@ USER_ERROR_EXIT_CODE = 2
 # ValueError: config checks, --dataset, weights files (CorruptCheckpointError,
 # UnsafeCheckpointError), images; OSError: files that are missing or cannot be written.
 USER_ERRORS = (ValueError, OSError, NoReadableCheckpointError, TooManyUnreadableImagesError)
+# Set to 1: user errors keep their traceback too.
+TRACEBACK_VARIABLE = "GROUPPOSE_TRACEBACK"
 
 
 def _one_line(error: BaseException) -> str:
@@ -43,6 +47,8 @@ def exit_on_user_error(*more: Type[BaseException]) -> Iterator[None]:
     try:
         yield
     except (*USER_ERRORS, *more) as e:
+        if os.environ.get(TRACEBACK_VARIABLE) == "1":
+            raise
         print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
