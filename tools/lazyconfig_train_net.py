@@ -21,12 +21,13 @@ import grouppose  # noqa: F401  (first: it quiets a warning of Detectron2's impo
 
 # isort: split
 from detectron2.config import LazyConfig
-from detectron2.engine import default_argument_parser, default_setup
+from detectron2.engine import default_setup
 
-from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
+from grouppose.checkpoint import SafeCheckpointer
 from grouppose.config import available_device
-from grouppose.data.command_line import add_dataset_arguments, register_command_line_datasets
-from grouppose.engine import launch
+from grouppose.data.command_line import register_command_line_datasets
+from grouppose.engine.launch import launch_command
+from grouppose.engine.launch import training_argument_parser as get_parser
 from grouppose.engine.lazy import LazyTrainer, build_lazy_model, lazy_test
 
 
@@ -53,19 +54,5 @@ def main(args):
     return trainer.train()
 
 
-def get_parser():
-    """Detectron2's training arguments, ``--trust-pickle``, ``--dataset`` and
-    ``--dataset-meta``."""
-    parser = default_argument_parser()
-    add_trust_pickle_argument(parser)
-    add_dataset_arguments(parser)
-    return parser
-
-
 if __name__ == "__main__":
-    args = get_parser().parse_args()
-    print("Command Line Args:", args)
-    launch(
-        main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-        dist_url=args.dist_url, args=(args,),
-    )
+    launch_command(main, get_parser().parse_args())

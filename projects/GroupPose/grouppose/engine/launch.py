@@ -9,6 +9,7 @@ ValueError with their message (``grouppose.user_errors``), not as a traceback of
 torch.multiprocessing.
 """
 
+import argparse
 import socket
 from datetime import timedelta
 from typing import Callable, Sequence
@@ -16,13 +17,16 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from detectron2.engine import default_argument_parser
 from detectron2.engine import launch as detectron2_launch
 from detectron2.utils import comm
 
+from grouppose.checkpoint import add_trust_pickle_argument
+from grouppose.data.command_line import add_dataset_arguments
 from grouppose.engine.preemption import relay_preemption
-from grouppose.user_errors import user_errors_of_processes
+from grouppose.user_errors import exit_on_user_error, user_errors_of_processes
 
-__all__ = ["launch"]
+__all__ = ["launch", "launch_command", "training_argument_parser"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
@@ -102,4 +106,24 @@ def launch(
             _cpu_worker, nprocs=num_processes_per_machine, daemon=False,
             args=(process_main, num_processes_per_machine, num_machines, machine_rank, dist_url,
                   tuple(args), timeout),
+        )
+
+
+def training_argument_parser() -> argparse.ArgumentParser:
+    """The arguments of the training scripts (train_net.py, tools/lazyconfig_train_net.py):
+    Detectron2's, ``--trust-pickle``, ``--dataset`` and ``--dataset-meta``."""
+    parser = default_argument_parser()
+    add_trust_pickle_argument(parser)
+    add_dataset_arguments(parser)
+    return parser
+
+
+def launch_command(main_func: Callable, args: argparse.Namespace) -> None:
+    """A training script's ``__main__``: ``main_func(args)`` on ``args.num_gpus`` processes per
+    machine; a user error, also one of a training process, is one line and status 2."""
+    print("Command Line Args:", args)
+    with exit_on_user_error():
+        launch(
+            main_func, args.num_gpus, num_machines=args.num_machines,
+            machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
         )
