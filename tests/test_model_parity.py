@@ -24,6 +24,11 @@ from grouppose.modeling.query_selection import QuerySelection, encoder_proposals
 OUTPUT_ATOL = 1e-4
 LOSS_RTOL = 1e-4
 GRAD_RTOL = 1e-3
+# The backbone's gradients flow back through the fixture's random BN statistics, which amplify
+# float32 rounding about 1000x: oneDNN's choice of convolution kernels alone (1 vs 2 threads,
+# or ONEDNN_MAX_CPU_ISA=AVX2 vs AVX-512) moves them by up to 2.6e-3 of their max, against 1e-6
+# for the other gradients; 1e-2 leaves that 4x room and still fails any real error (O(1)).
+BACKBONE_GRAD_RTOL = 1e-2
 # Official loss names -> ours (the suffixes _0 / _interm are the same).
 LOSS_NAMES = {"loss_ce": "loss_cls", "loss_keypoints": "loss_keypoints", "loss_oks": "loss_oks"}
 
@@ -261,7 +266,8 @@ def test_gradients(training_step, converted, reference):
             expected = expected[1:2]
         rel = ((actual - expected).abs().max() / expected.abs().max()).item()
         print(f"grad {official_name}: rel diff {rel:.2e}")
-        assert rel <= GRAD_RTOL, f"gradient of {official_name}: rel diff {rel:.3e}"
+        tolerance = BACKBONE_GRAD_RTOL if name.startswith("backbone.") else GRAD_RTOL
+        assert rel <= tolerance, f"gradient of {official_name}: rel diff {rel:.3e}"
 
 
 # Official behaviour that the small fixtures do not exercise (README item 15).

@@ -107,6 +107,7 @@ LAUNCH_SCRIPT = textwrap.dedent(
 
     register_tiny_datasets(Path({data_root!r}))
     import train_net
+    from grouppose.engine import launch
     from grouppose.engine.preemption import StopSignals, TrainingPreempted
 
 
@@ -121,10 +122,10 @@ LAUNCH_SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":
         if sys.argv[1] == "--wait-for-a-signal":
-            train_net.launch(wait_for_a_signal, 2, args=(sys.argv[2],))
+            launch(wait_for_a_signal, 2, args=(sys.argv[2],))
         else:
             args = train_net.get_parser().parse_args(sys.argv[1:])
-            train_net.launch(train_net.main, args.num_gpus, args=(args,))
+            launch(train_net.main, args.num_gpus, args=(args,))
     """
 )
 
