@@ -3,6 +3,7 @@ the converter) and the Python API (grouppose.predict / GroupPosePredictor), incl
 
 import importlib.util
 import math
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -278,3 +279,9 @@ def test_checkpoint_with_another_k_states_both(tiny_config_file, tmp_path):
     assert str(error.value).startswith(
         f"checkpoint {weights} has K=5 keypoints, the config MODEL.GROUP_POSE.NUM_KEYPOINTS=17"
     )
+
+
+def test_cpu_predictor_keeps_freed_memory_for_the_next_forward(tiny_config_file):
+    with mock.patch("grouppose.predictor.reuse_freed_memory") as reuse:
+        GroupPosePredictor(tiny_config_file, device="cpu")
+    reuse.assert_called_once_with()

@@ -64,6 +64,7 @@ from grouppose.inference_modes import (
     check_mode,
     inference_mode,
 )
+from grouppose.layers import reuse_freed_memory
 from grouppose.modeling.inference_precision import matmul_gflops, measured_matmul_rates
 from grouppose.predictor import build_inference_config
 
@@ -275,6 +276,16 @@ def attention_flop_handle(inputs, outputs) -> int:
     return batch_size * queries * keys * (channels + value_channels)
 
 
+def multi_head_attention_flop_handle(inputs, outputs) -> int:
+    """fvcore handle for _native_multi_head_attention (nn.MultiheadAttention's inference path):
+    query (B, Lq, E), key (B, Lk, E), ...: the input projections of the queries and of the keys
+    and values, Q K^T and the weighted sum over all heads, the output projection."""
+    batch, queries, channels = get_shape(inputs[0])
+    keys = get_shape(inputs[1])[1]
+    projections = (2 * queries + 2 * keys) * channels * channels
+    return batch * (projections + 2 * queries * keys * channels)
+
+
 def count_gflops(model, image: torch.Tensor) -> Dict:
     """GFLOPs of the network (post-processing has none), total and per stage; fvcore counts
     one multiply-add as one flop, as Detectron2 reports them."""
@@ -284,6 +295,7 @@ def count_gflops(model, image: torch.Tensor) -> Dict:
     flops = FlopCountAnalysis(module, (normalized,))
     flops.set_op_handle(_OP_NAME, deform_attn_flop_handle)
     flops.set_op_handle("aten::scaled_dot_product_attention", attention_flop_handle)
+    flops.set_op_handle("aten::_native_multi_head_attention", multi_head_attention_flop_handle)
     flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     flops.tracer_warnings("none")
     by_module = flops.by_module()
@@ -328,6 +340,8 @@ def run_worker(spec: Dict) -> List[Dict]:
     check_modes(spec["modes"], device)
     model = build_model(cfg).eval()
     SafeCheckpointer(model, trust_pickle=spec["trust_pickle"]).load(cfg.MODEL.WEIGHTS)
+    if device.type == "cpu":
+        reuse_freed_memory()  # as GroupPosePredictor does: every mode, the reference included
     height, width = spec["size"]
     image = torch.rand((3, height, width), generator=torch.Generator().manual_seed(0)) * 255
     image = image.to(device)
