@@ -1,15 +1,7 @@
 """tools/benchmarks/bench_step_overhead.py: times real training steps, the stop / unreadable-image
 hooks within them, and the agreement of two processes."""
 
-import importlib.util
-from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location(
-    "bench_step_overhead", REPO_ROOT / "tools" / "benchmarks" / "bench_step_overhead.py"
-)
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from tools.benchmarks import bench_step_overhead as bench
 
 
 def test_steps_and_hooks_are_timed(tmp_path, restore_grouppose_logger):
