@@ -15,7 +15,7 @@ from test_meta_arch import build, tiny_cfg, training_batch
 from grouppose import add_grouppose_config
 from grouppose.config import get_grouppose_cfg
 from grouppose.modeling.decoder import GroupPoseDecoder, GroupPoseDecoderLayer, group_attention_mask
-from grouppose.modeling.encoder import flatten_levels
+from grouppose.modeling.levels import flatten_levels
 from grouppose.modeling.variants import PAPER_VARIANT, DecoderVariant
 
 ABLATIONS = Path(__file__).resolve().parents[1] / "configs" / "Ablations"

@@ -1,16 +1,14 @@
 """Small building blocks shared by the encoder, the query selection and the decoders."""
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from grouppose.layers import MSDeformAttn
 from grouppose.layers.linear import Linear, runs_onednn
-
-if TYPE_CHECKING:
-    from grouppose.modeling.encoder import FlattenedLevels
+from grouppose.modeling.levels import FlattenedLevels
 
 # The official refinement clamps probabilities to [eps, 1 - eps] before taking the logit, so a
 # keypoint that reached an image border can still move back inside.
@@ -131,7 +129,7 @@ class DeformableDecoderLayer(nn.Module):
 
     def cross_attention_and_ffn(
         self, query: Tensor, residual: Tensor, reference_points: Tensor, memory: Tensor,
-        levels: "FlattenedLevels",
+        levels: FlattenedLevels,
     ) -> Tensor:
         """``ffn(cross_attn_norm(residual + dropout(cross_attn(query, ...))))``.
 

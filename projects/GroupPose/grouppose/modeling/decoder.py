@@ -22,7 +22,7 @@ from grouppose.modeling.blocks import (
     inverse_sigmoid,
     person_prior_logit,
 )
-from grouppose.modeling.encoder import FlattenedLevels
+from grouppose.modeling.levels import FlattenedLevels
 from grouppose.modeling.position_encoding import point_position_encoding
 from grouppose.modeling.variants import PAPER_VARIANT, DecoderVariant
 

@@ -29,7 +29,7 @@ from grouppose.modeling.blocks import (
     person_prior_logit,
 )
 from grouppose.modeling.detection_criterion import DetectionCriterion
-from grouppose.modeling.encoder import FlattenedLevels
+from grouppose.modeling.levels import FlattenedLevels
 from grouppose.modeling.position_encoding import point_position_encoding
 from grouppose.modeling.query_selection import PROPOSAL_BASE_SIZE, encoder_proposals
 

@@ -28,9 +28,10 @@ from grouppose.modeling.detection_decoder import (
     build_detection_branch,
     proposal_boxes,
 )
-from grouppose.modeling.encoder import DeformableEncoder, FlattenedLevels, flatten_levels
+from grouppose.modeling.encoder import DeformableEncoder
 from grouppose.modeling.inference_precision import resolve_inference_dtype
 from grouppose.modeling.keypoint_confidence import KeypointConfidenceHeads
+from grouppose.modeling.levels import FlattenedLevels, flatten_levels
 from grouppose.modeling.position_encoding import feature_map_position_encoding
 from grouppose.modeling.postprocess import PIXEL_CENTER_OFFSET, poses_to_instances
 from grouppose.modeling.query_selection import (
