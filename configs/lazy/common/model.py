@@ -5,12 +5,12 @@ to it (e.g. every part's hidden size is ``model.input_proj.dim``)."""
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 
-from grouppose.config import oks_sigmas
 from grouppose.modeling.backbone import InputProjection, use_affine_frozen_batch_norm
 from grouppose.modeling.criterion import make_criterion
 from grouppose.modeling.decoder import GroupPoseDecoder
 from grouppose.modeling.encoder import DeformableEncoder
 from grouppose.modeling.meta_arch import GroupPose
+from grouppose.modeling.oks import oks_sigmas
 from grouppose.modeling.query_selection import InstanceKeypointQueries, QuerySelection
 from grouppose.modeling.variants import DecoderVariant
 

@@ -3,15 +3,12 @@
 import logging
 import math
 import os
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
-from torch import Tensor
 
 from grouppose.modeling.backbone.input_projection import GROUP_NORM_GROUPS
-from grouppose.modeling.oks import as_sigmas, default_oks_sigmas
 from grouppose.modeling.variants import DecoderVariant, config_key
 
 # MODEL.GROUP_POSE.INFERENCE_PRECISION -> the autocast dtype of inference (None: float32).
@@ -258,49 +255,10 @@ def check_grouppose_config(cfg: CfgNode) -> None:
         )
 
 
-def _metadata_sigmas(dataset_names: Sequence[str]) -> Tuple[Optional[list], str]:
-    """The ``kpt_oks_sigmas`` of the first of ``dataset_names`` that has them, and where they
-    come from."""
-    for name in dataset_names:
-        sigmas = MetadataCatalog.get(name).get("kpt_oks_sigmas", None)
-        if sigmas is not None:
-            return list(sigmas), f"the kpt_oks_sigmas of dataset '{name}'"
-    return None, ""
-
-
-def oks_sigmas(
-    num_keypoints: int, sigmas: Sequence[float] = (), dataset_names: Sequence[str] = (),
-    source: str = "the OKS sigmas",
-) -> Tensor:
-    """The (K,) OKS sigmas for matching and losses: ``sigmas`` when given, else the
-    ``kpt_oks_sigmas`` metadata of the first of ``dataset_names`` that has them, else the
-    standard sigmas for K = ``num_keypoints``. ``source`` names ``sigmas`` in errors."""
-    given, found = list(sigmas), source
-    if not given:
-        given, found = _metadata_sigmas(dataset_names)
-    if given is None:
-        try:
-            return default_oks_sigmas(num_keypoints)
-        except ValueError as e:
-            raise ValueError(f"{e}: set {source} or the dataset metadata's kpt_oks_sigmas") from e
-    if len(given) != num_keypoints:
-        raise ValueError(f"{found} has {len(given)} values but there are {num_keypoints} keypoints")
-    return as_sigmas(given)
-
-
-def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
-    """``oks_sigmas`` of MODEL.GROUP_POSE.OKS_SIGMAS, else of DATASETS.TRAIN[0]'s, else of
-    DATASETS.TEST[0]'s metadata, else the standard ones (see add_grouppose_config)."""
-    first_datasets = [names[0] for names in (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) if len(names)]
-    return oks_sigmas(
-        cfg.MODEL.GROUP_POSE.NUM_KEYPOINTS, cfg.MODEL.GROUP_POSE.OKS_SIGMAS, first_datasets,
-        source="MODEL.GROUP_POSE.OKS_SIGMAS",
-    )
-
-
 def inference_model_config(cfg: CfgNode) -> CfgNode:
     """A frozen copy of ``cfg`` for building a model that only runs inference or evaluation:
-    its losses, which are not computed, take their OKS sigmas (``resolve_oks_sigmas``) from
+    its losses, which are not computed, take their OKS sigmas
+    (grouppose.modeling.criterion.resolve_oks_sigmas) from
     DATASETS.TEST when it is set, so that a test set of other keypoints than DATASETS.TRAIN's
     needs no change of DATASETS.TRAIN."""
     cfg = cfg.clone()

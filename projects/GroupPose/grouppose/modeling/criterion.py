@@ -18,14 +18,13 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
-from grouppose.config import resolve_oks_sigmas
 from grouppose.modeling.keypoint_confidence import (
     CONFIDENCE_LOSS,
     keypoint_confidence_loss,
     keypoint_confidence_target,
 )
 from grouppose.modeling.matcher import FOCAL_GAMMA, HungarianMatcher, Matches, NonFiniteCostError
-from grouppose.modeling.oks import MIN_OKS, as_sigmas, keypoint_similarity
+from grouppose.modeling.oks import MIN_OKS, as_sigmas, keypoint_similarity, oks_sigmas
 
 DEFAULT_LOSS_WEIGHTS = {"loss_cls": 2.0, "loss_keypoints": 10.0, "loss_oks": 4.0}
 INTERM_SUFFIX = "_interm"
@@ -340,6 +339,17 @@ class SetCriterion(nn.Module):
                 matched_targets(targets, matches, "confidence", logits.device), num_people,
             )
         return losses
+
+
+def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
+    """The (K,) training OKS sigmas: ``oks_sigmas`` of MODEL.GROUP_POSE.OKS_SIGMAS, else of
+    DATASETS.TRAIN[0]'s, else of DATASETS.TEST[0]'s metadata, else the standard ones (see
+    add_grouppose_config)."""
+    first_datasets = [names[0] for names in (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) if len(names)]
+    return as_sigmas(oks_sigmas(
+        cfg.MODEL.GROUP_POSE.NUM_KEYPOINTS, cfg.MODEL.GROUP_POSE.OKS_SIGMAS, first_datasets,
+        source="MODEL.GROUP_POSE.OKS_SIGMAS",
+    ))
 
 
 def build_criterion(cfg: CfgNode) -> SetCriterion:
