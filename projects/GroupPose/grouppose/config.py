@@ -1,4 +1,10 @@
-"""Group Pose config keys (``cfg.MODEL.GROUP_POSE.*``) and the Detectron2 defaults it needs."""
+"""Group Pose config keys (``cfg.MODEL.GROUP_POSE.*``) and the Detectron2 defaults it needs.
+
+A leaf of the package: the model (grouppose.modeling) reads the config, never the other way
+round. This module checks what a config alone can tell (each key's type and range); the rules
+of the network's structure (GroupNorm groups, attention heads, feature levels, the ablation
+switches' combinations) are checked where the network is built, by the parts that own them.
+"""
 
 import logging
 import math
@@ -7,9 +13,6 @@ from typing import Any, Callable, Dict, NamedTuple, Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-
-from grouppose.modeling.backbone.input_projection import GROUP_NORM_GROUPS
-from grouppose.modeling.variants import DecoderVariant, config_key
 
 # MODEL.GROUP_POSE.INFERENCE_PRECISION -> the autocast dtype of inference (None: float32).
 INFERENCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -138,14 +141,9 @@ def get_grouppose_cfg(config_file: str = "", opts: Sequence = ()) -> CfgNode:
     return cfg
 
 
-def attention_layer_args(cfg: CfgNode) -> Dict[str, Any]:
-    """The constructor arguments every stack of attention layers (encoder, decoder, detection
-    decoder) shares: ``dim``, ``num_heads``, ``ffn_dim``, ``dropout``, ``num_levels``."""
-    gp = cfg.MODEL.GROUP_POSE
-    return {
-        "dim": gp.HIDDEN_DIM, "num_heads": gp.NHEADS, "ffn_dim": gp.DIM_FEEDFORWARD,
-        "dropout": gp.DROPOUT, "num_levels": gp.NUM_FEATURE_LEVELS,
-    }
+def config_key(name: str) -> str:
+    """``MODEL.GROUP_POSE.<NAME>`` of a key, or of a field named after it (``self_attn``)."""
+    return f"MODEL.GROUP_POSE.{name.upper()}"
 
 
 class _Rule(NamedTuple):
@@ -179,13 +177,13 @@ _UNIT_INTERVAL = _Rule("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v 
 
 # MODEL.GROUP_POSE.<KEY> -> its rule. The ablation switches (SELF_ATTN ... SCORE_FROM) are
 # checked by grouppose.modeling.variants.DecoderVariant, which also knows their valid combinations.
+# Rules between keys belong to the parts built from them: HIDDEN_DIM a multiple of the GroupNorm
+# groups and NUM_FEATURE_LEVELS >= len(IN_FEATURES) (InputProjection), NHEADS dividing
+# HIDDEN_DIM (MSDeformAttn), KEYPOINT_CONFIDENCE with keypoint queries (its heads' builder).
 _RULES: Dict[str, _Rule] = {
     "NUM_INSTANCES": _integer(1),
     "NUM_KEYPOINTS": _integer(1),
-    "HIDDEN_DIM": _Rule(
-        f"a positive multiple of {GROUP_NORM_GROUPS} (the input projections' GroupNorm groups)",
-        lambda v: _is_int(v) and v > 0 and v % GROUP_NORM_GROUPS == 0,
-    ),
+    "HIDDEN_DIM": _integer(1),
     "NHEADS": _integer(1),
     "DIM_FEEDFORWARD": _integer(1),
     "DROPOUT": _Rule("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
@@ -221,8 +219,8 @@ _RULES: Dict[str, _Rule] = {
 
 
 def check_grouppose_config(cfg: CfgNode) -> None:
-    """Validate every ``MODEL.GROUP_POSE`` key (range, type, choices, and the keys that depend
-    on each other), so that a bad value fails when the model is built, in config-key terms.
+    """Validate the type and range of every ``MODEL.GROUP_POSE`` key but the ablation switches
+    (see ``_RULES``), so that a bad value fails when the model is built, in config-key terms.
 
     Raises:
         ValueError naming the key and its value; or telling to add the Group Pose keys when
@@ -238,21 +236,6 @@ def check_grouppose_config(cfg: CfgNode) -> None:
     for key, rule in _RULES.items():
         if not rule.accepts(gp[key]):
             raise ValueError(f"{config_key(key)} must be {rule.description}, got {gp[key]!r}")
-    if gp.HIDDEN_DIM % gp.NHEADS != 0:
-        raise ValueError(f"{config_key('NHEADS')} ({gp.NHEADS}) must divide "
-                         f"{config_key('HIDDEN_DIM')} ({gp.HIDDEN_DIM})")
-    if len(gp.IN_FEATURES) > gp.NUM_FEATURE_LEVELS:
-        raise ValueError(
-            f"{config_key('NUM_FEATURE_LEVELS')} ({gp.NUM_FEATURE_LEVELS}) must be >= the "
-            f"number of {config_key('IN_FEATURES')} ({list(gp.IN_FEATURES)}): each backbone "
-            f"level is one, the others are extra levels"
-        )
-    variant = DecoderVariant.from_config(gp)
-    if gp.KEYPOINT_CONFIDENCE and not variant.has_keypoint_queries:
-        raise ValueError(
-            f"{config_key('KEYPOINT_CONFIDENCE')} needs keypoint queries, which "
-            f"{config_key('QUERIES')} {gp.QUERIES!r} has none of"
-        )
 
 
 def inference_model_config(cfg: CfgNode) -> CfgNode:

@@ -1,9 +1,10 @@
 """Small building blocks shared by the encoder, the query selection and the decoders."""
 
 import math
-from typing import Callable
+from typing import Any, Callable, Dict
 
 import torch
+from detectron2.config import CfgNode
 from torch import Tensor, nn
 
 from grouppose.layers import MSDeformAttn
@@ -15,6 +16,17 @@ from grouppose.modeling.levels import FlattenedLevels
 INVERSE_SIGMOID_EPS = 1e-3
 # Prior probability of "person" that class heads start at (focal-loss practice).
 PERSON_PRIOR_PROB = 0.01
+
+
+def attention_layer_args(cfg: CfgNode) -> Dict[str, Any]:
+    """The constructor arguments every stack of attention layers (encoder, decoder, detection
+    decoder) takes from ``cfg.MODEL.GROUP_POSE``: ``dim``, ``num_heads``, ``ffn_dim``,
+    ``dropout``, ``num_levels``."""
+    gp = cfg.MODEL.GROUP_POSE
+    return {
+        "dim": gp.HIDDEN_DIM, "num_heads": gp.NHEADS, "ffn_dim": gp.DIM_FEEDFORWARD,
+        "dropout": gp.DROPOUT, "num_levels": gp.NUM_FEATURE_LEVELS,
+    }
 
 
 def person_prior_logit(prior_prob: float = PERSON_PRIOR_PROB) -> float:

@@ -19,11 +19,11 @@ import torch
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from grouppose.config import attention_layer_args
 from grouppose.layers import Linear
 from grouppose.modeling.blocks import (
     MLP,
     DeformableDecoderLayer,
+    attention_layer_args,
     init_transformer_layers,
     inverse_sigmoid,
     person_prior_logit,

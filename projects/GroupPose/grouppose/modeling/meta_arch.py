@@ -11,9 +11,10 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
-from grouppose.config import attention_layer_args, check_grouppose_config
+from grouppose.config import check_grouppose_config
 from grouppose.layers.fast_paths import fast_paths_active
 from grouppose.modeling.backbone import InputProjection, use_affine_frozen_batch_norm
+from grouppose.modeling.blocks import attention_layer_args
 from grouppose.modeling.criterion import (
     CONFIDENCE_KEY,
     SetCriterion,
@@ -30,7 +31,10 @@ from grouppose.modeling.detection_decoder import (
 )
 from grouppose.modeling.encoder import DeformableEncoder
 from grouppose.modeling.inference_precision import resolve_inference_dtype
-from grouppose.modeling.keypoint_confidence import KeypointConfidenceHeads
+from grouppose.modeling.keypoint_confidence import (
+    KeypointConfidenceHeads,
+    build_keypoint_confidence_heads,
+)
 from grouppose.modeling.levels import FlattenedLevels, flatten_levels
 from grouppose.modeling.position_encoding import feature_map_position_encoding
 from grouppose.modeling.postprocess import PIXEL_CENTER_OFFSET, poses_to_instances
@@ -211,12 +215,12 @@ class GroupPose(nn.Module):
         """
         check_grouppose_config(cfg)
         gp = cfg.MODEL.GROUP_POSE
+        variant = DecoderVariant.from_config(gp)  # checks the ablation switches
         # Frozen BN as the official computes it (see AffineFrozenBatchNorm2d).
         backbone = use_affine_frozen_batch_norm(build_backbone(cfg))
         # Built right after the backbone: the seeded initial weights of the parts built after
         # it depend on the random numbers its initialisation draws.
         detection_decoder, detection_criterion = build_detection_branch(cfg)
-        variant = DecoderVariant.from_config(gp)
         layer_args = attention_layer_args(cfg)
         return {
             "backbone": backbone,
@@ -249,9 +253,7 @@ class GroupPose(nn.Module):
             ),
             # Built last (an optional part): the other parts' seeded initial weights are then
             # the same with and without it.
-            "keypoint_confidence": KeypointConfidenceHeads(
-                gp.DEC_LAYERS, gp.HIDDEN_DIM, variant.keypoint_slice
-            ) if gp.KEYPOINT_CONFIDENCE else None,
+            "keypoint_confidence": build_keypoint_confidence_heads(cfg, variant),
         }
 
     @property

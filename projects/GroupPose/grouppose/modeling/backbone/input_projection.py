@@ -37,12 +37,14 @@ class InputProjection(nn.Module):
         super().__init__()
         if num_levels < len(in_channels):
             raise ValueError(
-                f"num_levels ({num_levels}) must be >= the number of backbone levels "
-                f"({len(in_channels)}, MODEL.GROUP_POSE.IN_FEATURES)"
+                f"InputProjection: num_levels ({num_levels}, MODEL.GROUP_POSE.NUM_FEATURE_LEVELS) "
+                f"must be >= the number of backbone levels ({len(in_channels)}, "
+                f"MODEL.GROUP_POSE.IN_FEATURES): each is one level, the others are extra levels"
             )
         if dim % GROUP_NORM_GROUPS != 0:
             raise ValueError(
-                f"hidden dim ({dim}) must be a multiple of {GROUP_NORM_GROUPS} (GroupNorm)"
+                f"InputProjection: dim ({dim}, MODEL.GROUP_POSE.HIDDEN_DIM) must be a multiple "
+                f"of {GROUP_NORM_GROUPS}, the GroupNorm groups"
             )
         self.projections = nn.ModuleList(_conv_gn(c, dim, 1, 1) for c in in_channels)
         extra_in = [in_channels[-1]] + [dim] * (num_levels - len(in_channels) - 1)
