@@ -126,7 +126,10 @@ def test_fig3b_mask_blocks_exactly_the_different_type_across_instance_pairs():
 
 def layer(seed=0, **switches) -> GroupPoseDecoderLayer:
     torch.manual_seed(seed)
-    return GroupPoseDecoderLayer(DIM, HEADS, 32, 0.0, 1, 2, DecoderVariant(**switches)).eval()
+    return GroupPoseDecoderLayer(
+        dim=DIM, num_heads=HEADS, ffn_dim=32, dropout=0.0, num_levels=1, num_points=2,
+        variant=DecoderVariant(**switches),
+    ).eval()
 
 
 def influence(fn, queries: torch.Tensor, person: int, query_type: int) -> torch.Tensor:
@@ -217,8 +220,10 @@ def decoder_inputs(levels: int = 1, seed: int = 0):
 def decoder(seed=0, num_layers=2, **switches) -> GroupPoseDecoder:
     torch.manual_seed(seed)
     variant = DecoderVariant(**switches)
-    model = GroupPoseDecoder(num_layers, DIM, HEADS, 32, 0.0, 1, 2, num_keypoints=K,
-                             variant=variant).eval()
+    model = GroupPoseDecoder(
+        num_layers=num_layers, dim=DIM, num_heads=HEADS, ffn_dim=32, dropout=0.0, num_levels=1,
+        num_points=2, num_keypoints=K, variant=variant,
+    ).eval()
     for head in model.keypoint_heads:  # non-zero offsets, so that references move
         torch.nn.init.normal_(head.layers[-1].weight, std=0.1)
     return model

@@ -126,7 +126,7 @@ class DeformableDecoderLayer(nn.Module):
     LayerNorm, then the FFN block."""
 
     def add_cross_attention_and_ffn(
-        self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
+        self, *, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
         num_points: int,
     ) -> None:
         """Create ``cross_attn``, ``cross_attn_norm``, ``ffn`` and ``dropout``, in that order (the

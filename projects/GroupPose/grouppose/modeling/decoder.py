@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
+from detectron2.config import CfgNode
 from torch import Tensor, nn
 
 from grouppose.layers import Linear
 from grouppose.modeling.blocks import (
     MLP,
     DeformableDecoderLayer,
+    attention_layer_args,
     in_float32,
     init_transformer_layers,
     inverse_sigmoid,
@@ -24,7 +26,7 @@ from grouppose.modeling.blocks import (
 )
 from grouppose.modeling.levels import FlattenedLevels
 from grouppose.modeling.position_encoding import point_position_encoding
-from grouppose.modeling.variants import PAPER_VARIANT, DecoderVariant
+from grouppose.modeling.variants import DecoderVariant
 
 
 def with_instance_centers(keypoints: Tensor) -> Tensor:
@@ -86,8 +88,8 @@ class GroupPoseDecoderLayer(DeformableDecoderLayer):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
-        num_points: int, variant: DecoderVariant = PAPER_VARIANT,
+        self, *, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
+        num_points: int, variant: DecoderVariant,
     ):
         super().__init__()
         self.variant = variant
@@ -101,7 +103,10 @@ class GroupPoseDecoderLayer(DeformableDecoderLayer):
         if variant.self_attn != "group":
             self.self_attn = _attention(dim, num_heads, dropout)
             self.self_attn_norm = nn.LayerNorm(dim)
-        self.add_cross_attention_and_ffn(dim, num_heads, ffn_dim, dropout, num_levels, num_points)
+        self.add_cross_attention_and_ffn(
+            dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout, num_levels=num_levels,
+            num_points=num_points,
+        )
 
     def _self_attention(
         self, attn: nn.MultiheadAttention, norm: nn.LayerNorm, x: Tensor,
@@ -209,16 +214,16 @@ class GroupPoseDecoder(nn.Module):
     """
 
     def __init__(
-        self, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float,
-        num_levels: int, num_points: int, num_keypoints: int,
-        variant: DecoderVariant = PAPER_VARIANT,
+        self, *, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float,
+        num_levels: int, num_points: int, num_keypoints: int, variant: DecoderVariant,
     ):
         super().__init__()
         self.variant = variant
         self.num_keypoints = num_keypoints
         self.layers = nn.ModuleList(
             GroupPoseDecoderLayer(
-                dim, num_heads, ffn_dim, dropout, num_levels, num_points, variant
+                dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout,
+                num_levels=num_levels, num_points=num_points, variant=variant,
             )
             for _ in range(num_layers)
         )
@@ -306,3 +311,13 @@ class GroupPoseDecoder(nn.Module):
         scores = in_float32(self.class_heads[layer_index], self.score_features(hidden))
         output.logits.append(scores.squeeze(-1))
         output.keypoints.append((inverse_sigmoid(references) + offsets).sigmoid())
+
+
+def build_decoder(cfg: CfgNode, variant: DecoderVariant) -> GroupPoseDecoder:
+    """The Group Pose decoder of ``cfg.MODEL.GROUP_POSE`` (DEC_LAYERS layers of DEC_N_POINTS
+    points, NUM_KEYPOINTS keypoints) in the ablation ``variant`` (DecoderVariant.from_config)."""
+    gp = cfg.MODEL.GROUP_POSE
+    return GroupPoseDecoder(
+        num_layers=gp.DEC_LAYERS, num_points=gp.DEC_N_POINTS, num_keypoints=gp.NUM_KEYPOINTS,
+        variant=variant, **attention_layer_args(cfg),
+    )

@@ -3,10 +3,11 @@
 from typing import Sequence, Tuple
 
 import torch
+from detectron2.config import CfgNode
 from torch import Tensor, nn
 
 from grouppose.layers import MSDeformAttn
-from grouppose.modeling.blocks import FeedForward, init_transformer_layers
+from grouppose.modeling.blocks import FeedForward, attention_layer_args, init_transformer_layers
 from grouppose.modeling.levels import FlattenedLevels
 
 
@@ -42,7 +43,7 @@ class DeformableEncoderLayer(nn.Module):
     """Post-norm layer: deformable self-attention -> add & norm -> FFN -> add & norm."""
 
     def __init__(
-        self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
+        self, *, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
         num_points: int,
     ):
         super().__init__()
@@ -77,13 +78,16 @@ class DeformableEncoder(nn.Module):
     """Stack of deformable encoder layers; adds a learned per-level embedding to positions."""
 
     def __init__(
-        self, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float,
+        self, *, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float,
         num_levels: int, num_points: int,
     ):
         super().__init__()
         self.level_embed = nn.Parameter(torch.empty(num_levels, dim))
         self.layers = nn.ModuleList(
-            DeformableEncoderLayer(dim, num_heads, ffn_dim, dropout, num_levels, num_points)
+            DeformableEncoderLayer(
+                dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout,
+                num_levels=num_levels, num_points=num_points,
+            )
             for _ in range(num_layers)
         )
         self.reset_parameters()
@@ -105,3 +109,11 @@ class DeformableEncoder(nn.Module):
         for layer in self.layers:
             memory = layer(memory, pos, reference_points, levels)
         return memory
+
+
+def build_encoder(cfg: CfgNode) -> DeformableEncoder:
+    """The encoder of ``cfg.MODEL.GROUP_POSE``: ENC_LAYERS layers of ENC_N_POINTS points."""
+    gp = cfg.MODEL.GROUP_POSE
+    return DeformableEncoder(
+        num_layers=gp.ENC_LAYERS, num_points=gp.ENC_N_POINTS, **attention_layer_args(cfg)
+    )

@@ -52,7 +52,7 @@ def keypoint_confidence_loss(logits: Tensor, target: Tensor, num_people: float) 
 class KeypointConfidenceHeads(nn.Module):
     """One confidence MLP per decoder layer (see the module docstring)."""
 
-    def __init__(self, num_layers: int, dim: int, keypoint_slice: slice):
+    def __init__(self, *, num_layers: int, dim: int, keypoint_slice: slice):
         """
         Args:
             num_layers: decoder layers (one head each).
@@ -86,4 +86,6 @@ def build_keypoint_confidence_heads(
     if not variant.has_keypoint_queries:
         raise ValueError(f"{config_key('KEYPOINT_CONFIDENCE')} needs keypoint queries, which "
                          f"{config_key('QUERIES')} {variant.queries!r} has none of")
-    return KeypointConfidenceHeads(gp.DEC_LAYERS, gp.HIDDEN_DIM, variant.keypoint_slice)
+    return KeypointConfidenceHeads(
+        num_layers=gp.DEC_LAYERS, dim=gp.HIDDEN_DIM, keypoint_slice=variant.keypoint_slice
+    )

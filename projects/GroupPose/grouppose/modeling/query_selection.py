@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Sequence, Tuple
 
 import torch
+from detectron2.config import CfgNode
 from torch import Tensor, nn
 
 from grouppose.layers import Linear
 from grouppose.modeling.blocks import MLP, in_float32, person_prior_logit
-from grouppose.modeling.variants import PAPER_VARIANT, DecoderVariant
+from grouppose.modeling.variants import DecoderVariant
 
 # A proposal (center x, y and size w, h, all normalised) must lie strictly inside this open
 # interval to be used; the others are rejected (see encoder_proposals).
@@ -85,7 +86,7 @@ class QuerySelection(nn.Module):
     predictions; its keypoints initialise the decoder's reference points.
     """
 
-    def __init__(self, dim: int, num_keypoints: int, num_instances: int):
+    def __init__(self, *, dim: int, num_keypoints: int, num_instances: int):
         super().__init__()
         self.num_keypoints = num_keypoints
         self.num_instances = num_instances
@@ -140,6 +141,15 @@ class QuerySelection(nn.Module):
         )
 
 
+def build_query_selection(cfg: CfgNode) -> QuerySelection:
+    """The two-stage selection of MODEL.GROUP_POSE.NUM_INSTANCES persons of NUM_KEYPOINTS
+    keypoints from HIDDEN_DIM-channel memory."""
+    gp = cfg.MODEL.GROUP_POSE
+    return QuerySelection(
+        dim=gp.HIDDEN_DIM, num_keypoints=gp.NUM_KEYPOINTS, num_instances=gp.NUM_INSTANCES
+    )
+
+
 class InstanceKeypointQueries(nn.Module):
     """Content of the N x (K + 1) decoder queries: per person one instance query and K keypoint
     queries.
@@ -154,8 +164,7 @@ class InstanceKeypointQueries(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_keypoints: int, variant: DecoderVariant = PAPER_VARIANT,
-        instance_from_person: bool = False,
+        self, *, dim: int, num_keypoints: int, variant: DecoderVariant, instance_from_person: bool
     ):
         super().__init__()
         self.variant = variant
@@ -178,3 +187,15 @@ class InstanceKeypointQueries(nn.Module):
         if self.variant.has_keypoint_queries:
             queries.append(self.keypoint_embedding.weight[None, None] + person)
         return torch.cat(queries, dim=2)
+
+
+def build_queries(
+    cfg: CfgNode, variant: DecoderVariant, instance_from_person: bool
+) -> InstanceKeypointQueries:
+    """The decoder's queries of MODEL.GROUP_POSE (HIDDEN_DIM, NUM_KEYPOINTS) in the layout of
+    ``variant``; ``instance_from_person``: see InstanceKeypointQueries."""
+    gp = cfg.MODEL.GROUP_POSE
+    return InstanceKeypointQueries(
+        dim=gp.HIDDEN_DIM, num_keypoints=gp.NUM_KEYPOINTS, variant=variant,
+        instance_from_person=instance_from_person,
+    )

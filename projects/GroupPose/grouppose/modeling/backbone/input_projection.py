@@ -1,8 +1,9 @@
 """Backbone feature maps -> the transformer's multi-level inputs (Deformable DETR style)."""
 
-from typing import List
+from typing import Dict, List
 
-from detectron2.layers import Conv2d
+from detectron2.config import CfgNode
+from detectron2.layers import Conv2d, ShapeSpec
 from torch import Tensor, nn
 
 # GroupNorm groups of every projection, as in the official implementation.
@@ -27,7 +28,7 @@ class InputProjection(nn.Module):
     previous extra level (j > 0).
     """
 
-    def __init__(self, in_channels: List[int], dim: int, num_levels: int):
+    def __init__(self, *, in_channels: List[int], dim: int, num_levels: int):
         """
         Args:
             in_channels: channels of the backbone levels used, finest first.
@@ -60,3 +61,18 @@ class InputProjection(nn.Module):
             source = extra(source)
             levels.append(source)
         return levels
+
+
+def build_input_projection(cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> InputProjection:
+    """The projection of the backbone outputs MODEL.GROUP_POSE.IN_FEATURES (their shapes in
+    ``input_shape``, the backbone's ``output_shape()``) to HIDDEN_DIM channels, in
+    NUM_FEATURE_LEVELS levels; a ValueError names the IN_FEATURES the backbone lacks."""
+    gp = cfg.MODEL.GROUP_POSE
+    missing = [name for name in gp.IN_FEATURES if name not in input_shape]
+    if missing:
+        raise ValueError(f"MODEL.GROUP_POSE.IN_FEATURES {missing} are not backbone outputs "
+                         f"({sorted(input_shape)})")
+    return InputProjection(
+        in_channels=[input_shape[name].channels for name in gp.IN_FEATURES],
+        dim=gp.HIDDEN_DIM, num_levels=gp.NUM_FEATURE_LEVELS,
+    )
