@@ -200,11 +200,13 @@ def test_shared_group_attention_uses_one_module_for_both_steps():
     assert (sum(p.numel() for p in unshared.parameters())
             - sum(p.numel() for p in shared.parameters())) == attention_params
     # The across step runs the within module: changing its weights changes the across output.
+    assert shared.self_attention_steps == (shared.within_instance_attention,
+                                           shared.shared_across_instance_attention)
     queries = random_queries()
-    before = shared.across_instance_attention(queries).detach()
+    before = shared.shared_across_instance_attention(queries).detach()
     with torch.no_grad():
         shared.within_instance_attn.out_proj.bias.add_(1.0)
-    assert not torch.allclose(shared.across_instance_attention(queries), before)
+    assert not torch.allclose(shared.shared_across_instance_attention(queries), before)
 
 
 def decoder_inputs(levels: int = 1, seed: int = 0):

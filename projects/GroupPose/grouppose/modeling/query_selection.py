@@ -7,7 +7,7 @@ group of K + 1 queries: one instance query (scores the pose) followed by K keypo
 """
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -161,6 +161,7 @@ class InstanceKeypointQueries(nn.Module):
     Variants (grouppose.modeling.variants): only the keypoint queries or only the instance query.
     The instance query also gets the person feature when ``instance_from_person`` (the human
     detection decoder's persons) or when it is the only query (it then regresses the pose).
+    ``__init__`` picks the query types' functions once.
     """
 
     def __init__(
@@ -168,25 +169,37 @@ class InstanceKeypointQueries(nn.Module):
     ):
         super().__init__()
         self.variant = variant
-        self.instance_from_person = instance_from_person or not variant.has_keypoint_queries
+        # (B, N, 1, C) person features -> (B, N, G_t, C) queries of each type, in group order.
+        query_types: List[Callable[[Tensor], Tensor]] = []
         if variant.has_instance_query:
             self.instance_embedding = nn.Embedding(1, dim)
             nn.init.xavier_uniform_(self.instance_embedding.weight)
+            from_person = instance_from_person or not variant.has_keypoint_queries
+            query_types.append(
+                self.person_instance_queries if from_person else self.shared_instance_queries
+            )
         if variant.has_keypoint_queries:
             self.keypoint_embedding = nn.Embedding(num_keypoints, dim)
             nn.init.xavier_uniform_(self.keypoint_embedding.weight)
+            query_types.append(self.keypoint_queries)
+        self.query_types = tuple(query_types)
+
+    def shared_instance_queries(self, person: Tensor) -> Tensor:
+        """(B, N, 1, C) -> (B, N, 1, C): the one instance embedding, for every person."""
+        return self.instance_embedding.weight[None, None].expand(person.shape)
+
+    def person_instance_queries(self, person: Tensor) -> Tensor:
+        """(B, N, 1, C) -> (B, N, 1, C): the instance embedding + each person's feature."""
+        return self.shared_instance_queries(person) + person
+
+    def keypoint_queries(self, person: Tensor) -> Tensor:
+        """(B, N, 1, C) -> (B, N, K, C): keypoint embedding k + each person's feature."""
+        return self.keypoint_embedding.weight[None, None] + person
 
     def forward(self, person_features: Tensor) -> Tensor:
         """(B, N, C) person features -> (B, N, G, C) queries, instance query first."""
-        B, N, C = person_features.shape
         person = person_features.detach()[:, :, None]
-        queries = []
-        if self.variant.has_instance_query:
-            instance_query = self.instance_embedding.weight[None, None].expand(B, N, 1, C)
-            queries.append(instance_query + person if self.instance_from_person else instance_query)
-        if self.variant.has_keypoint_queries:
-            queries.append(self.keypoint_embedding.weight[None, None] + person)
-        return torch.cat(queries, dim=2)
+        return torch.cat([queries(person) for queries in self.query_types], dim=2)
 
 
 def build_queries(
