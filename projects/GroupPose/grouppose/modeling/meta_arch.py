@@ -205,7 +205,8 @@ class GroupPose(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> Dict:
         """The model's parts from ``cfg`` (see add_grouppose_config), in the paper's order; a
-        ValueError names the first invalid ``MODEL.GROUP_POSE`` key (see check_grouppose_config).
+        ValueError names the first invalid ``MODEL.GROUP_POSE`` key: check_grouppose_config
+        checks each key, DecoderVariant the ablation switches, the parts the rules between keys.
         """
         check_grouppose_config(cfg)
         gp = cfg.MODEL.GROUP_POSE
