@@ -15,7 +15,7 @@ from test_meta_arch import build, tiny_cfg, training_batch
 from grouppose import add_grouppose_config
 from grouppose.config import get_grouppose_cfg
 from grouppose.modeling.decoder import GroupPoseDecoder, GroupPoseDecoderLayer, group_attention_mask
-from grouppose.modeling.encoder import flatten_levels
+from grouppose.modeling.levels import flatten_levels
 from grouppose.modeling.variants import PAPER_VARIANT, DecoderVariant
 
 ABLATIONS = Path(__file__).resolve().parents[1] / "configs" / "Ablations"
@@ -126,7 +126,10 @@ def test_fig3b_mask_blocks_exactly_the_different_type_across_instance_pairs():
 
 def layer(seed=0, **switches) -> GroupPoseDecoderLayer:
     torch.manual_seed(seed)
-    return GroupPoseDecoderLayer(DIM, HEADS, 32, 0.0, 1, 2, DecoderVariant(**switches)).eval()
+    return GroupPoseDecoderLayer(
+        dim=DIM, num_heads=HEADS, ffn_dim=32, dropout=0.0, num_levels=1, num_points=2,
+        variant=DecoderVariant(**switches),
+    ).eval()
 
 
 def influence(fn, queries: torch.Tensor, person: int, query_type: int) -> torch.Tensor:
@@ -197,11 +200,13 @@ def test_shared_group_attention_uses_one_module_for_both_steps():
     assert (sum(p.numel() for p in unshared.parameters())
             - sum(p.numel() for p in shared.parameters())) == attention_params
     # The across step runs the within module: changing its weights changes the across output.
+    assert shared.self_attention_steps == (shared.within_instance_attention,
+                                           shared.shared_across_instance_attention)
     queries = random_queries()
-    before = shared.across_instance_attention(queries).detach()
+    before = shared.shared_across_instance_attention(queries).detach()
     with torch.no_grad():
         shared.within_instance_attn.out_proj.bias.add_(1.0)
-    assert not torch.allclose(shared.across_instance_attention(queries), before)
+    assert not torch.allclose(shared.shared_across_instance_attention(queries), before)
 
 
 def decoder_inputs(levels: int = 1, seed: int = 0):
@@ -217,8 +222,10 @@ def decoder_inputs(levels: int = 1, seed: int = 0):
 def decoder(seed=0, num_layers=2, **switches) -> GroupPoseDecoder:
     torch.manual_seed(seed)
     variant = DecoderVariant(**switches)
-    model = GroupPoseDecoder(num_layers, DIM, HEADS, 32, 0.0, 1, 2, num_keypoints=K,
-                             variant=variant).eval()
+    model = GroupPoseDecoder(
+        num_layers=num_layers, dim=DIM, num_heads=HEADS, ffn_dim=32, dropout=0.0, num_levels=1,
+        num_points=2, num_keypoints=K, variant=variant,
+    ).eval()
     for head in model.keypoint_heads:  # non-zero offsets, so that references move
         torch.nn.init.normal_(head.layers[-1].weight, std=0.1)
     return model

@@ -1,8 +1,10 @@
 """get_grouppose_cfg: the config every entry point starts from; one owner per config key;
-check_grouppose_config: the checks of every MODEL.GROUP_POSE key when the model is built."""
+check_grouppose_config and the parts built from the config: the checks of every MODEL.GROUP_POSE
+key when the model is built."""
 
 import math
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
@@ -15,6 +17,7 @@ from tiny_grouppose import tiny_config
 
 import grouppose  # noqa: F401  (registers the GroupPose meta-architecture)
 from grouppose.config import add_grouppose_config, check_grouppose_config, get_grouppose_cfg
+from grouppose.modeling.variants import DecoderVariant
 
 CONFIGS = REPO_ROOT / "configs"
 SHIPPED_CONFIGS = sorted(str(path.relative_to(CONFIGS)) for path in CONFIGS.rglob("*.yaml"))
@@ -137,7 +140,7 @@ def _with(key: str, value):
 
 @pytest.mark.parametrize("key, value", [
     ("NUM_INSTANCES", 0), ("NUM_INSTANCES", 2.5), ("NUM_KEYPOINTS", 0), ("HIDDEN_DIM", 0),
-    ("HIDDEN_DIM", 100), ("NHEADS", 0), ("DIM_FEEDFORWARD", 0), ("DROPOUT", 1.0),
+    ("HIDDEN_DIM", 64.0), ("NHEADS", 0), ("DIM_FEEDFORWARD", 0), ("DROPOUT", 1.0),
     ("DROPOUT", -0.1), ("ENC_LAYERS", -1), ("ENC_LAYERS", True), ("DEC_LAYERS", 0),
     ("ENC_N_POINTS", 0), ("DEC_N_POINTS", 0), ("NUM_FEATURE_LEVELS", 0), ("IN_FEATURES", []),
     ("IN_FEATURES", "res5"), ("POS_TEMPERATURE", 0.0), ("FOCAL_ALPHA", 1.5),
@@ -155,25 +158,38 @@ def test_bad_value_names_the_key_and_the_value(key, value):
 
 
 def test_every_group_pose_key_is_validated():
-    """A key added to add_grouppose_config without a rule would accept anything."""
+    """A key added to add_grouppose_config without a rule would accept anything. The ablation
+    switches are DecoderVariant's (it knows their valid combinations), the others the config
+    check's; each key has one checker."""
+    switches = {field.name.upper() for field in fields(DecoderVariant)}
     for key in get_grouppose_cfg().MODEL.GROUP_POSE:
+        cfg = _with(key, object())
         with pytest.raises(ValueError, match=f"MODEL.GROUP_POSE.{key}\\b"):
-            check_grouppose_config(_with(key, object()))
+            if key in switches:
+                DecoderVariant.from_config(cfg.MODEL.GROUP_POSE)
+            else:
+                check_grouppose_config(cfg)
+        if key in switches:
+            check_grouppose_config(cfg)
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"NHEADS": 3}, "MODEL.GROUP_POSE.NHEADS (3) must divide MODEL.GROUP_POSE.HIDDEN_DIM (256)"),
+    ({"NHEADS": 3}, "MSDeformAttn: dim (64) must be divisible by num_heads (3)"),
+    ({"HIDDEN_DIM": 100},
+     "InputProjection: dim (100, MODEL.GROUP_POSE.HIDDEN_DIM) must be a multiple of 32"),
     ({"NUM_FEATURE_LEVELS": 2},
-     "MODEL.GROUP_POSE.NUM_FEATURE_LEVELS (2) must be >= the number of "
-     "MODEL.GROUP_POSE.IN_FEATURES (['res3', 'res4', 'res5'])"),
+     "InputProjection: num_levels (2, MODEL.GROUP_POSE.NUM_FEATURE_LEVELS) must be >= the "
+     "number of backbone levels (3, MODEL.GROUP_POSE.IN_FEATURES)"),
     ({"SELF_ATTN": "global"}, "MODEL.GROUP_POSE.SELF_ATTN='global' is not one of"),
     ({"QUERIES": "keypoint_only"}, "no instance query to score the pose"),
 ])
 def test_keys_that_depend_on_each_other(changes, message):
-    cfg = get_grouppose_cfg()
+    """Checked by the parts built from them, when the model is built."""
+    cfg = tiny_config()
     cfg.MODEL.GROUP_POSE.update(changes)
+    check_grouppose_config(cfg)  # each key is valid on its own
     with pytest.raises(ValueError, match=re.escape(message)):
-        check_grouppose_config(cfg)
+        build_model(cfg)
 
 
 @pytest.mark.parametrize("config_file", SHIPPED_CONFIGS)
@@ -196,8 +212,8 @@ def test_building_the_model_checks_the_config():
     cfg.MODEL.GROUP_POSE.NUM_INSTANCES = 0  # trained to a 0 loss and AP nan before
     with pytest.raises(ValueError, match=r"NUM_INSTANCES must be an integer >= 1, got 0"):
         build_model(cfg)
-    cfg.MODEL.GROUP_POSE.NUM_INSTANCES, cfg.MODEL.GROUP_POSE.NHEADS = 10, 3
-    with pytest.raises(ValueError, match=re.escape("NHEADS (3) must divide")):
+    cfg.MODEL.GROUP_POSE.NUM_INSTANCES, cfg.MODEL.GROUP_POSE.SELF_ATTN = 10, "global"
+    with pytest.raises(ValueError, match=re.escape("SELF_ATTN='global' is not one of")):
         build_model(cfg)
 
 

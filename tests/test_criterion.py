@@ -52,9 +52,23 @@ def _load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+# The paper's loss weights, matching costs and focal alpha (MODEL.GROUP_POSE.*).
+PAPER_WEIGHTS = {"loss_cls": 2.0, "loss_keypoints": 10.0, "loss_oks": 4.0}
+PAPER_COSTS = {"cost_class": 2.0, "cost_keypoints": 10.0, "cost_oks": 4.0, "focal_alpha": 0.25}
+
+
+def _set_criterion(sigmas, **arguments):
+    """SetCriterion with the paper's settings but ``arguments``; its matcher's sigmas are
+    ``arguments["matcher_sigmas"]`` if given, else ``sigmas``."""
+    matcher = HungarianMatcher(**PAPER_COSTS, sigmas=arguments.pop("matcher_sigmas", sigmas))
+    settings = {"focal_alpha": 0.25, "weight_dict": PAPER_WEIGHTS, "num_aux_outputs": 0,
+                "interm_loss_weight": 1.0}
+    return SetCriterion(matcher=matcher, sigmas=sigmas, **{**settings, **arguments})
+
+
 def _criterion(num_keypoints, num_aux_outputs, sigmas=None):
     sigmas = default_oks_sigmas(num_keypoints) if sigmas is None else sigmas
-    return SetCriterion(HungarianMatcher(sigmas=sigmas), sigmas, num_aux_outputs=num_aux_outputs)
+    return _set_criterion(sigmas, num_aux_outputs=num_aux_outputs)
 
 
 def _assert_losses_match_official(losses, official_losses):
@@ -238,12 +252,13 @@ def test_images_without_people_give_finite_losses(people):
 def test_constructor_and_output_checks():
     sigmas = [0.05, 0.06, 0.07]
     with pytest.raises(ValueError, match="matcher's sigmas"):
-        SetCriterion(HungarianMatcher(sigmas=sigmas), [0.05, 0.06, 0.08])
+        _set_criterion([0.05, 0.06, 0.08], matcher_sigmas=sigmas)
     with pytest.raises(ValueError, match="weight_dict"):
-        SetCriterion(HungarianMatcher(sigmas=sigmas), sigmas, weight_dict={"loss_ce": 2.0})
-    criterion = SetCriterion(HungarianMatcher(sigmas=sigmas), sigmas,
-                             weight_dict={"loss_cls": 1.0, "loss_keypoints": 3.0, "loss_oks": 5.0},
-                             num_aux_outputs=1, interm_loss_weight=0.5)
+        _set_criterion(sigmas, weight_dict={"loss_ce": 2.0})
+    criterion = _set_criterion(
+        sigmas, weight_dict={"loss_cls": 1.0, "loss_keypoints": 3.0, "loss_oks": 5.0},
+        num_aux_outputs=1, interm_loss_weight=0.5,
+    )
     assert criterion.weight_dict == {
         "loss_cls": 1.0, "loss_keypoints": 3.0, "loss_oks": 5.0,
         "loss_cls_0": 1.0, "loss_keypoints_0": 3.0, "loss_oks_0": 5.0,

@@ -56,7 +56,10 @@ def test_proposal_boxes_are_the_encoder_proposals():
 
 
 def test_detection_criterion_matching_and_losses():
-    criterion = DetectionCriterion(num_layers=1)
+    criterion = DetectionCriterion(
+        num_layers=1, cost_class=2.0, cost_box_l1=5.0, cost_giou=2.0, focal_alpha=0.25,
+        cls_weight=2.0, box_l1_weight=5.0, giou_weight=2.0,
+    )
     target = torch.tensor([[0.3, 0.3, 0.2, 0.4], [0.7, 0.6, 0.3, 0.3]])
     boxes = torch.tensor([[[0.71, 0.6, 0.3, 0.3], [0.5, 0.5, 0.1, 0.1], [0.3, 0.32, 0.2, 0.4]]])
     logits = torch.zeros(1, 3)

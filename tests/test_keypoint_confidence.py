@@ -47,7 +47,7 @@ def test_loss_is_bce_averaged_over_keypoints_per_person():
 
 def test_heads_read_the_keypoint_queries():
     B, N, K, C = 2, 5, 3, 8
-    heads = KeypointConfidenceHeads(DEC_LAYERS, C, slice(1, None))
+    heads = KeypointConfidenceHeads(num_layers=DEC_LAYERS, dim=C, keypoint_slice=slice(1, None))
     hidden = [torch.randn(B, N, K + 1, C) for _ in range(DEC_LAYERS)]
     logits = heads(hidden)
     assert [tuple(x.shape) for x in logits] == [(B, N, K)] * DEC_LAYERS

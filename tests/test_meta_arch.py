@@ -25,6 +25,7 @@ from grouppose.modeling.encoder import DeformableEncoder
 from grouppose.modeling.meta_arch import GroupPose, padding_mask
 from grouppose.modeling.oks import COCO_OKS_SIGMAS, CROWDPOSE_OKS_SIGMAS
 from grouppose.modeling.postprocess import KEYPOINT_SCORE, PIXEL_CENTER_OFFSET
+from grouppose.modeling.variants import PAPER_VARIANT
 
 NUM_INSTANCES = 6
 DEC_LAYERS = 2
@@ -129,7 +130,10 @@ LAYER_ARGS = {"num_layers": 2, "dim": 32, "num_heads": 4, "ffn_dim": 64, "dropou
 # intended change of initialisation: training from scratch starts from these values.
 INIT_DIGESTS = {
     "encoder": ("3194c3800ed2058c", lambda: DeformableEncoder(**LAYER_ARGS)),
-    "decoder": ("0d074f26110628b9", lambda: GroupPoseDecoder(**LAYER_ARGS, num_keypoints=3)),
+    "decoder": (
+        "0d074f26110628b9",
+        lambda: GroupPoseDecoder(**LAYER_ARGS, num_keypoints=3, variant=PAPER_VARIANT),
+    ),
     "detection_decoder": (
         "ec27afdcafaf06f4", lambda: HumanDetectionDecoder(**LAYER_ARGS, num_keypoints=3)
     ),

@@ -30,8 +30,8 @@ import torch
 from detectron2.data import DatasetCatalog
 
 from grouppose.checkpoint import add_trust_pickle_argument
-from grouppose.config import resolve_oks_sigmas
 from grouppose.data.keypoint_json import person_area
+from grouppose.modeling.criterion import resolve_oks_sigmas
 from grouppose.modeling.oks import pairwise_keypoint_similarity
 from grouppose.predictor import GroupPosePredictor
 

@@ -5,12 +5,12 @@ to it (e.g. every part's hidden size is ``model.input_proj.dim``)."""
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 
-from grouppose.config import oks_sigmas
 from grouppose.modeling.backbone import InputProjection, use_affine_frozen_batch_norm
 from grouppose.modeling.criterion import make_criterion
 from grouppose.modeling.decoder import GroupPoseDecoder
 from grouppose.modeling.encoder import DeformableEncoder
 from grouppose.modeling.meta_arch import GroupPose
+from grouppose.modeling.oks import oks_sigmas
 from grouppose.modeling.query_selection import InstanceKeypointQueries, QuerySelection
 from grouppose.modeling.variants import DecoderVariant
 
@@ -40,6 +40,7 @@ model = L(GroupPose)(
     queries=L(InstanceKeypointQueries)(
         dim="${..input_proj.dim}", num_keypoints="${..query_selection.num_keypoints}",
         variant="${..decoder.variant}",
+        instance_from_person=False,  # True where a human detection decoder makes the persons
     ),
     decoder=L(GroupPoseDecoder)(
         num_layers=6, dim="${..input_proj.dim}", num_heads="${..encoder.num_heads}",
@@ -55,10 +56,17 @@ model = L(GroupPose)(
         ),
         num_decoder_layers="${..decoder.num_layers}",
         aux_loss="${..aux_loss}",
+        focal_alpha=0.25,
+        # Loss weights and matching costs: focal classification, keypoint L1, 1 - OKS.
+        cls_weight=2.0, keypoint_weight=10.0, oks_weight=4.0,
+        cost_class=2.0, cost_keypoints=10.0, cost_oks=4.0,
+        interm_loss_weight=1.0,  # multiplies the encoder (two-stage) prediction's losses
     ),
     # RGB in 0..255, normalised with torchvision's ImageNet mean / std.
     pixel_mean=[123.675, 116.28, 103.53],
     pixel_std=[58.395, 57.12, 57.375],
+    pos_temperature=20.0,  # of the feature maps' sine position encoding
     aux_loss=True,
     test_topk=50,
+    test_score_thresh=0.0,
 )

@@ -1,18 +1,18 @@
-"""Group Pose config keys (``cfg.MODEL.GROUP_POSE.*``) and the Detectron2 defaults it needs."""
+"""Group Pose config keys (``cfg.MODEL.GROUP_POSE.*``) and the Detectron2 defaults it needs.
+
+A leaf of the package: the model (grouppose.modeling) reads the config, never the other way
+round. This module checks what a config alone can tell (each key's type and range); the rules
+of the network's structure (GroupNorm groups, attention heads, feature levels, the ablation
+switches' combinations) are checked where the network is built, by the parts that own them.
+"""
 
 import logging
 import math
 import os
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
-from torch import Tensor
-
-from grouppose.modeling.backbone.input_projection import GROUP_NORM_GROUPS
-from grouppose.modeling.oks import as_sigmas, default_oks_sigmas
-from grouppose.modeling.variants import DecoderVariant, config_key
 
 # MODEL.GROUP_POSE.INFERENCE_PRECISION -> the autocast dtype of inference (None: float32).
 INFERENCE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -141,14 +141,9 @@ def get_grouppose_cfg(config_file: str = "", opts: Sequence = ()) -> CfgNode:
     return cfg
 
 
-def attention_layer_args(cfg: CfgNode) -> Dict[str, Any]:
-    """The constructor arguments every stack of attention layers (encoder, decoder, detection
-    decoder) shares: ``dim``, ``num_heads``, ``ffn_dim``, ``dropout``, ``num_levels``."""
-    gp = cfg.MODEL.GROUP_POSE
-    return {
-        "dim": gp.HIDDEN_DIM, "num_heads": gp.NHEADS, "ffn_dim": gp.DIM_FEEDFORWARD,
-        "dropout": gp.DROPOUT, "num_levels": gp.NUM_FEATURE_LEVELS,
-    }
+def config_key(name: str) -> str:
+    """``MODEL.GROUP_POSE.<NAME>`` of a key, or of a field named after it (``self_attn``)."""
+    return f"MODEL.GROUP_POSE.{name.upper()}"
 
 
 class _Rule(NamedTuple):
@@ -182,13 +177,13 @@ _UNIT_INTERVAL = _Rule("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v 
 
 # MODEL.GROUP_POSE.<KEY> -> its rule. The ablation switches (SELF_ATTN ... SCORE_FROM) are
 # checked by grouppose.modeling.variants.DecoderVariant, which also knows their valid combinations.
+# Rules between keys belong to the parts built from them: HIDDEN_DIM a multiple of the GroupNorm
+# groups and NUM_FEATURE_LEVELS >= len(IN_FEATURES) (InputProjection), NHEADS dividing
+# HIDDEN_DIM (MSDeformAttn), KEYPOINT_CONFIDENCE with keypoint queries (its heads' builder).
 _RULES: Dict[str, _Rule] = {
     "NUM_INSTANCES": _integer(1),
     "NUM_KEYPOINTS": _integer(1),
-    "HIDDEN_DIM": _Rule(
-        f"a positive multiple of {GROUP_NORM_GROUPS} (the input projections' GroupNorm groups)",
-        lambda v: _is_int(v) and v > 0 and v % GROUP_NORM_GROUPS == 0,
-    ),
+    "HIDDEN_DIM": _integer(1),
     "NHEADS": _integer(1),
     "DIM_FEEDFORWARD": _integer(1),
     "DROPOUT": _Rule("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
@@ -224,8 +219,8 @@ _RULES: Dict[str, _Rule] = {
 
 
 def check_grouppose_config(cfg: CfgNode) -> None:
-    """Validate every ``MODEL.GROUP_POSE`` key (range, type, choices, and the keys that depend
-    on each other), so that a bad value fails when the model is built, in config-key terms.
+    """Validate the type and range of every ``MODEL.GROUP_POSE`` key but the ablation switches
+    (see ``_RULES``), so that a bad value fails when the model is built, in config-key terms.
 
     Raises:
         ValueError naming the key and its value; or telling to add the Group Pose keys when
@@ -241,66 +236,12 @@ def check_grouppose_config(cfg: CfgNode) -> None:
     for key, rule in _RULES.items():
         if not rule.accepts(gp[key]):
             raise ValueError(f"{config_key(key)} must be {rule.description}, got {gp[key]!r}")
-    if gp.HIDDEN_DIM % gp.NHEADS != 0:
-        raise ValueError(f"{config_key('NHEADS')} ({gp.NHEADS}) must divide "
-                         f"{config_key('HIDDEN_DIM')} ({gp.HIDDEN_DIM})")
-    if len(gp.IN_FEATURES) > gp.NUM_FEATURE_LEVELS:
-        raise ValueError(
-            f"{config_key('NUM_FEATURE_LEVELS')} ({gp.NUM_FEATURE_LEVELS}) must be >= the "
-            f"number of {config_key('IN_FEATURES')} ({list(gp.IN_FEATURES)}): each backbone "
-            f"level is one, the others are extra levels"
-        )
-    variant = DecoderVariant.from_config(gp)
-    if gp.KEYPOINT_CONFIDENCE and not variant.has_keypoint_queries:
-        raise ValueError(
-            f"{config_key('KEYPOINT_CONFIDENCE')} needs keypoint queries, which "
-            f"{config_key('QUERIES')} {gp.QUERIES!r} has none of"
-        )
-
-
-def _metadata_sigmas(dataset_names: Sequence[str]) -> Tuple[Optional[list], str]:
-    """The ``kpt_oks_sigmas`` of the first of ``dataset_names`` that has them, and where they
-    come from."""
-    for name in dataset_names:
-        sigmas = MetadataCatalog.get(name).get("kpt_oks_sigmas", None)
-        if sigmas is not None:
-            return list(sigmas), f"the kpt_oks_sigmas of dataset '{name}'"
-    return None, ""
-
-
-def oks_sigmas(
-    num_keypoints: int, sigmas: Sequence[float] = (), dataset_names: Sequence[str] = (),
-    source: str = "the OKS sigmas",
-) -> Tensor:
-    """The (K,) OKS sigmas for matching and losses: ``sigmas`` when given, else the
-    ``kpt_oks_sigmas`` metadata of the first of ``dataset_names`` that has them, else the
-    standard sigmas for K = ``num_keypoints``. ``source`` names ``sigmas`` in errors."""
-    given, found = list(sigmas), source
-    if not given:
-        given, found = _metadata_sigmas(dataset_names)
-    if given is None:
-        try:
-            return default_oks_sigmas(num_keypoints)
-        except ValueError as e:
-            raise ValueError(f"{e}: set {source} or the dataset metadata's kpt_oks_sigmas") from e
-    if len(given) != num_keypoints:
-        raise ValueError(f"{found} has {len(given)} values but there are {num_keypoints} keypoints")
-    return as_sigmas(given)
-
-
-def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
-    """``oks_sigmas`` of MODEL.GROUP_POSE.OKS_SIGMAS, else of DATASETS.TRAIN[0]'s, else of
-    DATASETS.TEST[0]'s metadata, else the standard ones (see add_grouppose_config)."""
-    first_datasets = [names[0] for names in (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) if len(names)]
-    return oks_sigmas(
-        cfg.MODEL.GROUP_POSE.NUM_KEYPOINTS, cfg.MODEL.GROUP_POSE.OKS_SIGMAS, first_datasets,
-        source="MODEL.GROUP_POSE.OKS_SIGMAS",
-    )
 
 
 def inference_model_config(cfg: CfgNode) -> CfgNode:
     """A frozen copy of ``cfg`` for building a model that only runs inference or evaluation:
-    its losses, which are not computed, take their OKS sigmas (``resolve_oks_sigmas``) from
+    its losses, which are not computed, take their OKS sigmas
+    (grouppose.modeling.criterion.resolve_oks_sigmas) from
     DATASETS.TEST when it is set, so that a test set of other keypoints than DATASETS.TRAIN's
     needs no change of DATASETS.TRAIN."""
     cfg = cfg.clone()

@@ -8,7 +8,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
 from grouppose.evaluation.coco import KeypointCOCOEvaluator, keypoint_ground_truth
 from grouppose.evaluation.crowdpose import CrowdPoseEvaluator
-from grouppose.modeling.oks import default_oks_sigmas
+from grouppose.modeling.oks import oks_sigmas
 
 __all__ = [
     "build_keypoint_evaluator",
@@ -24,26 +24,17 @@ def keypoint_oks_sigmas(cfg: CfgNode, dataset_name: str) -> List[float]:
 
 
 def evaluation_oks_sigmas(dataset_name: str, sigmas: Sequence[float] = ()) -> List[float]:
-    """The OKS sigmas to evaluate ``dataset_name`` with: ``sigmas`` (TEST.KEYPOINT_OKS_SIGMAS)
-    when given, else the dataset's ``kpt_oks_sigmas`` metadata, else the standard ones for
-    K = 17 / 14.
+    """The OKS sigmas to evaluate ``dataset_name`` with (``oks_sigmas``, the chain training
+    uses too): ``sigmas`` (TEST.KEYPOINT_OKS_SIGMAS) when given, else the dataset's
+    ``kpt_oks_sigmas`` metadata, else the standard ones for its number of keypoints.
 
     Raises:
-        ValueError when their number differs from the dataset's keypoint count.
+        ValueError when the dataset has no keypoint_names, or the sigmas do not fit them.
     """
-    metadata = MetadataCatalog.get(dataset_name)
-    names = metadata.get("keypoint_names")
+    names = MetadataCatalog.get(dataset_name).get("keypoint_names")
     if names is None:
         raise ValueError(f"dataset '{dataset_name}' has no keypoint_names metadata")
-    sigmas = list(sigmas) or list(metadata.get("kpt_oks_sigmas", []))
-    if not sigmas:
-        sigmas = default_oks_sigmas(len(names)).tolist()
-    if len(sigmas) != len(names):
-        raise ValueError(
-            f"{len(sigmas)} OKS sigmas (cfg.TEST.KEYPOINT_OKS_SIGMAS or the kpt_oks_sigmas "
-            f"metadata) but dataset '{dataset_name}' has {len(names)} keypoints"
-        )
-    return sigmas
+    return oks_sigmas(len(names), sigmas, [dataset_name], source="cfg.TEST.KEYPOINT_OKS_SIGMAS")
 
 
 def build_keypoint_evaluator(

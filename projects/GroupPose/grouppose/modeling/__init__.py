@@ -6,7 +6,7 @@ to the paper): ``backbone/`` (Swin, frozen BN, input projection), ``encoder``,
 ``query_selection``, ``decoder`` (its ablation switches in ``variants``), ``postprocess``; for
 training ``matcher``, ``criterion`` and ``oks``; the human detection decoder variant
 (``detection_decoder``, ``detection_criterion``); and what several of them share (``blocks``,
-``position_encoding``). ``meta_arch`` puts them together.
+``levels``, ``position_encoding``). ``meta_arch`` puts them together.
 """
 
 from grouppose.modeling.meta_arch import GroupPose

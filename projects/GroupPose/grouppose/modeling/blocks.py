@@ -1,22 +1,32 @@
 """Small building blocks shared by the encoder, the query selection and the decoders."""
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Dict
 
 import torch
+from detectron2.config import CfgNode
 from torch import Tensor, nn
 
 from grouppose.layers import MSDeformAttn
 from grouppose.layers.linear import Linear, runs_onednn
-
-if TYPE_CHECKING:
-    from grouppose.modeling.encoder import FlattenedLevels
+from grouppose.modeling.levels import FlattenedLevels
 
 # The official refinement clamps probabilities to [eps, 1 - eps] before taking the logit, so a
 # keypoint that reached an image border can still move back inside.
 INVERSE_SIGMOID_EPS = 1e-3
 # Prior probability of "person" that class heads start at (focal-loss practice).
 PERSON_PRIOR_PROB = 0.01
+
+
+def attention_layer_args(cfg: CfgNode) -> Dict[str, Any]:
+    """The constructor arguments every stack of attention layers (encoder, decoder, detection
+    decoder) takes from ``cfg.MODEL.GROUP_POSE``: ``dim``, ``num_heads``, ``ffn_dim``,
+    ``dropout``, ``num_levels``."""
+    gp = cfg.MODEL.GROUP_POSE
+    return {
+        "dim": gp.HIDDEN_DIM, "num_heads": gp.NHEADS, "ffn_dim": gp.DIM_FEEDFORWARD,
+        "dropout": gp.DROPOUT, "num_levels": gp.NUM_FEATURE_LEVELS,
+    }
 
 
 def person_prior_logit(prior_prob: float = PERSON_PRIOR_PROB) -> float:
@@ -116,7 +126,7 @@ class DeformableDecoderLayer(nn.Module):
     LayerNorm, then the FFN block."""
 
     def add_cross_attention_and_ffn(
-        self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
+        self, *, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
         num_points: int,
     ) -> None:
         """Create ``cross_attn``, ``cross_attn_norm``, ``ffn`` and ``dropout``, in that order (the
@@ -131,7 +141,7 @@ class DeformableDecoderLayer(nn.Module):
 
     def cross_attention_and_ffn(
         self, query: Tensor, residual: Tensor, reference_points: Tensor, memory: Tensor,
-        levels: "FlattenedLevels",
+        levels: FlattenedLevels,
     ) -> Tensor:
         """``ffn(cross_attn_norm(residual + dropout(cross_attn(query, ...))))``.
 

@@ -18,16 +18,15 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
-from grouppose.config import resolve_oks_sigmas
 from grouppose.modeling.keypoint_confidence import (
     CONFIDENCE_LOSS,
     keypoint_confidence_loss,
     keypoint_confidence_target,
 )
 from grouppose.modeling.matcher import FOCAL_GAMMA, HungarianMatcher, Matches, NonFiniteCostError
-from grouppose.modeling.oks import MIN_OKS, as_sigmas, keypoint_similarity
+from grouppose.modeling.oks import MIN_OKS, as_sigmas, keypoint_similarity, oks_sigmas
 
-DEFAULT_LOSS_WEIGHTS = {"loss_cls": 2.0, "loss_keypoints": 10.0, "loss_oks": 4.0}
+LOSS_NAMES = ("loss_cls", "loss_keypoints", "loss_oks")
 INTERM_SUFFIX = "_interm"
 # The decoder outputs' (B, N, K) keypoint confidence logits, with the confidence head.
 CONFIDENCE_KEY = "pred_keypoint_confidence"
@@ -146,7 +145,7 @@ def build_targets(
 
 
 def expand_weight_dict(
-    base_weights: Mapping[str, float], num_aux_outputs: int, interm_loss_weight: float = 1.0
+    base_weights: Mapping[str, float], num_aux_outputs: int, interm_loss_weight: float
 ) -> Dict[str, float]:
     """Weights for every returned loss name: the base names plus `_{i}` copies and `_interm`
     copies multiplied by ``interm_loss_weight``."""
@@ -224,21 +223,22 @@ class SetCriterion(nn.Module):
 
     def __init__(
         self,
+        *,
         matcher: HungarianMatcher,
         sigmas: Union[Tensor, Sequence[float]],
-        focal_alpha: float = 0.25,
-        weight_dict: Optional[Mapping[str, float]] = None,
-        num_aux_outputs: int = 0,
-        interm_loss_weight: float = 1.0,
+        focal_alpha: float,
+        weight_dict: Mapping[str, float],
+        num_aux_outputs: int,
+        interm_loss_weight: float,
         keypoint_confidence_weight: Optional[float] = None,
     ):
         """
         Args:
             matcher: assigns queries to people, called once per set of predictions.
-            sigmas: (K,) OKS sigmas (see grouppose.modeling.oks.default_oks_sigmas).
+            sigmas: (K,) OKS sigmas (see grouppose.modeling.oks.oks_sigmas).
             focal_alpha: alpha of the sigmoid focal classification loss.
-            weight_dict: weights of `loss_cls`, `loss_keypoints`, `loss_oks` (all three; default
-                2 / 10 / 4). `self.weight_dict` repeats them for every suffix.
+            weight_dict: weights of the LOSS_NAMES `loss_cls`, `loss_keypoints`, `loss_oks` (all
+                three). `self.weight_dict` repeats them for every suffix.
             num_aux_outputs: number of earlier decoder layers in `aux_outputs`
                 (decoder layers - 1).
             interm_loss_weight: multiplies the weights of the encoder's (two-stage) `_interm`
@@ -247,10 +247,10 @@ class SetCriterion(nn.Module):
                 which the decoder outputs' CONFIDENCE_KEY logits then need; None: no such loss.
         """
         super().__init__()
-        base_weights = dict(DEFAULT_LOSS_WEIGHTS if weight_dict is None else weight_dict)
-        if set(base_weights) != set(DEFAULT_LOSS_WEIGHTS):
+        base_weights = dict(weight_dict)
+        if set(base_weights) != set(LOSS_NAMES):
             raise ValueError(f"weight_dict must have exactly the keys "
-                             f"{sorted(DEFAULT_LOSS_WEIGHTS)}, got {sorted(base_weights)}")
+                             f"{sorted(LOSS_NAMES)}, got {sorted(base_weights)}")
         if num_aux_outputs < 0:
             raise ValueError(f"num_aux_outputs must be >= 0, got {num_aux_outputs}")
         sigmas = as_sigmas(sigmas)
@@ -342,11 +342,22 @@ class SetCriterion(nn.Module):
         return losses
 
 
+def resolve_oks_sigmas(cfg: CfgNode) -> Tensor:
+    """The (K,) training OKS sigmas: ``oks_sigmas`` of MODEL.GROUP_POSE.OKS_SIGMAS, else of
+    DATASETS.TRAIN[0]'s, else of DATASETS.TEST[0]'s metadata, else the standard ones (see
+    add_grouppose_config)."""
+    first_datasets = [names[0] for names in (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) if len(names)]
+    return as_sigmas(oks_sigmas(
+        cfg.MODEL.GROUP_POSE.NUM_KEYPOINTS, cfg.MODEL.GROUP_POSE.OKS_SIGMAS, first_datasets,
+        source="MODEL.GROUP_POSE.OKS_SIGMAS",
+    ))
+
+
 def build_criterion(cfg: CfgNode) -> SetCriterion:
     """``make_criterion`` of ``cfg.MODEL.GROUP_POSE``."""
     gp = cfg.MODEL.GROUP_POSE
     return make_criterion(
-        resolve_oks_sigmas(cfg), num_decoder_layers=gp.DEC_LAYERS, aux_loss=gp.AUX_LOSS,
+        sigmas=resolve_oks_sigmas(cfg), num_decoder_layers=gp.DEC_LAYERS, aux_loss=gp.AUX_LOSS,
         focal_alpha=gp.FOCAL_ALPHA, cls_weight=gp.CLS_WEIGHT, keypoint_weight=gp.KPT_L1_WEIGHT,
         oks_weight=gp.OKS_WEIGHT, cost_class=gp.COST_CLASS, cost_keypoints=gp.COST_KPT_L1,
         cost_oks=gp.COST_OKS, interm_loss_weight=gp.INTERM_LOSS_WEIGHT,
@@ -355,17 +366,18 @@ def build_criterion(cfg: CfgNode) -> SetCriterion:
 
 
 def make_criterion(
+    *,
     sigmas: Union[Tensor, Sequence[float]],
     num_decoder_layers: int,
-    aux_loss: bool = True,
-    focal_alpha: float = 0.25,
-    cls_weight: float = 2.0,
-    keypoint_weight: float = 10.0,
-    oks_weight: float = 4.0,
-    cost_class: float = 2.0,
-    cost_keypoints: float = 10.0,
-    cost_oks: float = 4.0,
-    interm_loss_weight: float = 1.0,
+    aux_loss: bool,
+    focal_alpha: float,
+    cls_weight: float,
+    keypoint_weight: float,
+    oks_weight: float,
+    cost_class: float,
+    cost_keypoints: float,
+    cost_oks: float,
+    interm_loss_weight: float,
     keypoint_confidence_weight: Optional[float] = None,
 ) -> SetCriterion:
     """The Group Pose losses and their Hungarian matcher; the arguments are the
@@ -378,7 +390,7 @@ def make_criterion(
         focal_alpha=focal_alpha, sigmas=sigmas,
     )
     return SetCriterion(
-        matcher, sigmas, focal_alpha=focal_alpha,
+        matcher=matcher, sigmas=sigmas, focal_alpha=focal_alpha,
         weight_dict={
             "loss_cls": cls_weight, "loss_keypoints": keypoint_weight, "loss_oks": oks_weight,
         },

@@ -55,17 +55,18 @@ class DetectionCriterion(nn.Module):
     """Matching and losses of every detection layer's (logits, boxes)."""
 
     def __init__(
-        self, num_layers: int, cost_class: float = 2.0, cost_box_l1: float = 5.0,
-        cost_giou: float = 2.0, focal_alpha: float = 0.25, cls_weight: float = 2.0,
-        box_l1_weight: float = 5.0, giou_weight: float = 2.0,
+        self, *, num_layers: int, cost_class: float, cost_box_l1: float, cost_giou: float,
+        focal_alpha: float, cls_weight: float, box_l1_weight: float, giou_weight: float,
     ):
         """
         Args:
             num_layers: detection layers (one matching and one set of losses each).
             cost_class, cost_box_l1, cost_giou: matching cost weights (focal class cost, L1
-                between (cx, cy, w, h) boxes, -GIoU).
-            focal_alpha: alpha of the focal loss and cost.
-            cls_weight, box_l1_weight, giou_weight: loss weights, in ``self.weight_dict``.
+                between (cx, cy, w, h) boxes, -GIoU; MODEL.GROUP_POSE.COST_CLASS, COST_BOX_L1,
+                COST_GIOU).
+            focal_alpha: alpha of the focal loss and cost (MODEL.GROUP_POSE.FOCAL_ALPHA).
+            cls_weight, box_l1_weight, giou_weight: loss weights, in ``self.weight_dict``
+                (MODEL.GROUP_POSE.CLS_WEIGHT, BOX_L1_WEIGHT, GIOU_WEIGHT).
         """
         super().__init__()
         self.cost_class, self.cost_box_l1, self.cost_giou = cost_class, cost_box_l1, cost_giou

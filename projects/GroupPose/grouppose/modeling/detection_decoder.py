@@ -19,17 +19,17 @@ import torch
 from detectron2.config import CfgNode
 from torch import Tensor, nn
 
-from grouppose.config import attention_layer_args
 from grouppose.layers import Linear
 from grouppose.modeling.blocks import (
     MLP,
     DeformableDecoderLayer,
+    attention_layer_args,
     init_transformer_layers,
     inverse_sigmoid,
     person_prior_logit,
 )
 from grouppose.modeling.detection_criterion import DetectionCriterion
-from grouppose.modeling.encoder import FlattenedLevels
+from grouppose.modeling.levels import FlattenedLevels
 from grouppose.modeling.position_encoding import point_position_encoding
 from grouppose.modeling.query_selection import PROPOSAL_BASE_SIZE, encoder_proposals
 
@@ -70,13 +70,16 @@ class HumanDetectionLayer(DeformableDecoderLayer):
     keys), deformable cross-attention around each box, FFN; each followed by add & LayerNorm."""
 
     def __init__(
-        self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
+        self, *, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
         num_points: int,
     ):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.self_attn_norm = nn.LayerNorm(dim)
-        self.add_cross_attention_and_ffn(dim, num_heads, ffn_dim, dropout, num_levels, num_points)
+        self.add_cross_attention_and_ffn(
+            dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout, num_levels=num_levels,
+            num_points=num_points,
+        )
 
     def forward(
         self, content: Tensor, pos: Tensor, boxes: Tensor, memory: Tensor, levels: FlattenedLevels
@@ -112,7 +115,7 @@ class HumanDetectionDecoder(nn.Module):
     """Box-query layers with per-layer person / box heads, then the pose initialisation."""
 
     def __init__(
-        self, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float,
+        self, *, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float,
         num_levels: int, num_points: int, num_keypoints: int,
     ):
         super().__init__()
@@ -121,7 +124,10 @@ class HumanDetectionDecoder(nn.Module):
                              f"a detection decoder, got {num_layers}")
         self.num_keypoints = num_keypoints
         self.layers = nn.ModuleList(
-            HumanDetectionLayer(dim, num_heads, ffn_dim, dropout, num_levels, num_points)
+            HumanDetectionLayer(
+                dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout,
+                num_levels=num_levels, num_points=num_points,
+            )
             for _ in range(num_layers)
         )
         self.box_pos_head = MLP(2 * dim, dim, dim, 2)
@@ -180,11 +186,11 @@ def build_detection_branch(
     if num_layers == 0:
         return None, None
     decoder = HumanDetectionDecoder(
-        num_layers, num_points=gp.DEC_N_POINTS, num_keypoints=gp.NUM_KEYPOINTS,
+        num_layers=num_layers, num_points=gp.DEC_N_POINTS, num_keypoints=gp.NUM_KEYPOINTS,
         **attention_layer_args(cfg),
     )
     criterion = DetectionCriterion(
-        num_layers, cost_class=gp.COST_CLASS, cost_box_l1=gp.COST_BOX_L1,
+        num_layers=num_layers, cost_class=gp.COST_CLASS, cost_box_l1=gp.COST_BOX_L1,
         cost_giou=gp.COST_GIOU, focal_alpha=gp.FOCAL_ALPHA, cls_weight=gp.CLS_WEIGHT,
         box_l1_weight=gp.BOX_L1_WEIGHT, giou_weight=gp.GIOU_WEIGHT,
     )

@@ -1,72 +1,14 @@
 """Deformable transformer encoder (Deformable DETR) over the flattened multi-level features."""
 
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
+from detectron2.config import CfgNode
 from torch import Tensor, nn
 
 from grouppose.layers import MSDeformAttn
-from grouppose.modeling.blocks import FeedForward, init_transformer_layers
-
-
-@dataclass
-class FlattenedLevels:
-    """Multi-level feature maps flattened level by level, row-major, with their geometry.
-
-    S = sum over levels of H_l * W_l; L levels; B images; C channels.
-    """
-
-    features: Tensor  # (B, S, C)
-    padding_mask: Tensor  # (B, S) bool, True on padding
-    pos: Tensor  # (B, S, C) position encoding (without the level embedding)
-    spatial_shapes: Tensor  # (L, 2) int64 (H_l, W_l)
-    # The same as Python ints: loops over levels use these, so that they stay static under
-    # torch.export (reading a tensor's values there is data-dependent).
-    level_shapes: List[Tuple[int, int]]
-    level_start_index: Tensor  # (L,) int64 offset of each level in S
-    valid_ratios: Tensor  # (B, L, 2) unpadded fraction (w, h) of each level's map
-    # What the deformable attentions zero values with: padding_mask, or None when no image of
-    # the batch is padded (a mask of all False would only cost a pass over the values).
-    value_mask: Optional[Tensor]
-
-
-def valid_ratios(mask: Tensor) -> Tensor:
-    """Unpadded fraction of a padded map: (B, H, W) bool mask (True on padding) -> (B, 2) (w, h).
-    """
-    _, H, W = mask.shape
-    valid_h = (~mask[:, :, 0]).sum(1).float() / H
-    valid_w = (~mask[:, 0, :]).sum(1).float() / W
-    return torch.stack([valid_w, valid_h], dim=-1)
-
-
-def flatten_levels(
-    features: List[Tensor], masks: List[Tensor], pos: List[Tensor], padded: bool = True
-) -> FlattenedLevels:
-    """Flatten per-level maps into one sequence.
-
-    Args:
-        features: L tensors (B, C, H_l, W_l).
-        masks: L tensors (B, H_l, W_l) bool, True on padding.
-        pos: L tensors (B, C, H_l, W_l) position encodings.
-        padded: whether any image of the batch is padded (known on the host from the image
-            sizes; False means the masks are all False).
-    """
-    device = features[0].device
-    level_shapes = [(feature.shape[-2], feature.shape[-1]) for feature in features]
-    spatial_shapes = torch.tensor(level_shapes, dtype=torch.long, device=device)
-    areas = spatial_shapes.prod(1)
-    padding_mask = torch.cat([m.flatten(1) for m in masks], dim=1)
-    return FlattenedLevels(
-        features=torch.cat([f.flatten(2).transpose(1, 2) for f in features], dim=1),
-        padding_mask=padding_mask,
-        pos=torch.cat([p.flatten(2).transpose(1, 2) for p in pos], dim=1),
-        spatial_shapes=spatial_shapes,
-        level_shapes=level_shapes,
-        level_start_index=torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]]),
-        valid_ratios=torch.stack([valid_ratios(m) for m in masks], dim=1),
-        value_mask=padding_mask if padded else None,
-    )
+from grouppose.modeling.blocks import FeedForward, attention_layer_args, init_transformer_layers
+from grouppose.modeling.levels import FlattenedLevels
 
 
 def encoder_reference_points(
@@ -101,7 +43,7 @@ class DeformableEncoderLayer(nn.Module):
     """Post-norm layer: deformable self-attention -> add & norm -> FFN -> add & norm."""
 
     def __init__(
-        self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
+        self, *, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
         num_points: int,
     ):
         super().__init__()
@@ -136,13 +78,16 @@ class DeformableEncoder(nn.Module):
     """Stack of deformable encoder layers; adds a learned per-level embedding to positions."""
 
     def __init__(
-        self, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float,
+        self, *, num_layers: int, dim: int, num_heads: int, ffn_dim: int, dropout: float,
         num_levels: int, num_points: int,
     ):
         super().__init__()
         self.level_embed = nn.Parameter(torch.empty(num_levels, dim))
         self.layers = nn.ModuleList(
-            DeformableEncoderLayer(dim, num_heads, ffn_dim, dropout, num_levels, num_points)
+            DeformableEncoderLayer(
+                dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout,
+                num_levels=num_levels, num_points=num_points,
+            )
             for _ in range(num_layers)
         )
         self.reset_parameters()
@@ -164,3 +109,11 @@ class DeformableEncoder(nn.Module):
         for layer in self.layers:
             memory = layer(memory, pos, reference_points, levels)
         return memory
+
+
+def build_encoder(cfg: CfgNode) -> DeformableEncoder:
+    """The encoder of ``cfg.MODEL.GROUP_POSE``: ENC_LAYERS layers of ENC_N_POINTS points."""
+    gp = cfg.MODEL.GROUP_POSE
+    return DeformableEncoder(
+        num_layers=gp.ENC_LAYERS, num_points=gp.ENC_N_POINTS, **attention_layer_args(cfg)
+    )

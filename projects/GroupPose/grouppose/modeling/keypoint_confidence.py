@@ -18,16 +18,19 @@ is *visible*, which then becomes the third value of ``pred_keypoints``.
   prediction (it has no keypoint queries). The matching does not use it.
 """
 
-from typing import List
+from typing import List, Optional
 
 import torch.nn.functional as F
+from detectron2.config import CfgNode
 from torch import Tensor, nn
 
+from grouppose.config import config_key
 from grouppose.modeling.blocks import MLP, in_float32
+from grouppose.modeling.variants import DecoderVariant
 
 __all__ = [
-    "CONFIDENCE_LOSS", "KeypointConfidenceHeads", "VISIBLE", "keypoint_confidence_loss",
-    "keypoint_confidence_target",
+    "CONFIDENCE_LOSS", "KeypointConfidenceHeads", "VISIBLE", "build_keypoint_confidence_heads",
+    "keypoint_confidence_loss", "keypoint_confidence_target",
 ]
 
 VISIBLE = 2  # COCO's v of a labeled, visible keypoint
@@ -49,7 +52,7 @@ def keypoint_confidence_loss(logits: Tensor, target: Tensor, num_people: float) 
 class KeypointConfidenceHeads(nn.Module):
     """One confidence MLP per decoder layer (see the module docstring)."""
 
-    def __init__(self, num_layers: int, dim: int, keypoint_slice: slice):
+    def __init__(self, *, num_layers: int, dim: int, keypoint_slice: slice):
         """
         Args:
             num_layers: decoder layers (one head each).
@@ -70,3 +73,19 @@ class KeypointConfidenceHeads(nn.Module):
             in_float32(head, states[:, :, self.keypoint_slice]).squeeze(-1)
             for head, states in zip(self.heads, hidden)
         ]
+
+
+def build_keypoint_confidence_heads(
+    cfg: CfgNode, variant: DecoderVariant
+) -> Optional[KeypointConfidenceHeads]:
+    """The heads of MODEL.GROUP_POSE.KEYPOINT_CONFIDENCE on the keypoint queries of the
+    decoder's ``variant``, or None with the switch off (the paper's model)."""
+    gp = cfg.MODEL.GROUP_POSE
+    if not gp.KEYPOINT_CONFIDENCE:
+        return None
+    if not variant.has_keypoint_queries:
+        raise ValueError(f"{config_key('KEYPOINT_CONFIDENCE')} needs keypoint queries, which "
+                         f"{config_key('QUERIES')} {variant.queries!r} has none of")
+    return KeypointConfidenceHeads(
+        num_layers=gp.DEC_LAYERS, dim=gp.HIDDEN_DIM, keypoint_slice=variant.keypoint_slice
+    )

@@ -111,17 +111,18 @@ class HungarianMatcher(nn.Module):
 
     def __init__(
         self,
-        cost_class: float = 2.0,
-        cost_keypoints: float = 10.0,
-        cost_oks: float = 4.0,
-        focal_alpha: float = 0.25,
         *,
+        cost_class: float,
+        cost_keypoints: float,
+        cost_oks: float,
+        focal_alpha: float,
         sigmas: Union[Tensor, Sequence[float]],
     ):
         """
         Args:
-            cost_class, cost_keypoints, cost_oks: weights of the three costs.
-            focal_alpha: alpha of the focal class cost.
+            cost_class, cost_keypoints, cost_oks: weights of the three costs
+                (MODEL.GROUP_POSE.COST_CLASS, COST_KPT_L1, COST_OKS).
+            focal_alpha: alpha of the focal class cost (MODEL.GROUP_POSE.FOCAL_ALPHA).
             sigmas: (K,) OKS sigmas (see grouppose.modeling.oks.default_oks_sigmas).
         """
         super().__init__()

@@ -11,16 +11,20 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
-from grouppose.config import attention_layer_args, check_grouppose_config
+from grouppose.config import check_grouppose_config
 from grouppose.layers.fast_paths import fast_paths_active
-from grouppose.modeling.backbone import InputProjection, use_affine_frozen_batch_norm
+from grouppose.modeling.backbone import (
+    InputProjection,
+    build_input_projection,
+    use_affine_frozen_batch_norm,
+)
 from grouppose.modeling.criterion import (
     CONFIDENCE_KEY,
     SetCriterion,
     build_criterion,
     build_targets,
 )
-from grouppose.modeling.decoder import DecoderOutput, GroupPoseDecoder
+from grouppose.modeling.decoder import DecoderOutput, GroupPoseDecoder, build_decoder
 from grouppose.modeling.detection_criterion import DetectionCriterion, person_boxes
 from grouppose.modeling.detection_decoder import (
     DetectionOutput,
@@ -28,15 +32,21 @@ from grouppose.modeling.detection_decoder import (
     build_detection_branch,
     proposal_boxes,
 )
-from grouppose.modeling.encoder import DeformableEncoder, FlattenedLevels, flatten_levels
+from grouppose.modeling.encoder import DeformableEncoder, build_encoder
 from grouppose.modeling.inference_precision import resolve_inference_dtype
-from grouppose.modeling.keypoint_confidence import KeypointConfidenceHeads
+from grouppose.modeling.keypoint_confidence import (
+    KeypointConfidenceHeads,
+    build_keypoint_confidence_heads,
+)
+from grouppose.modeling.levels import FlattenedLevels, flatten_levels
 from grouppose.modeling.position_encoding import feature_map_position_encoding
 from grouppose.modeling.postprocess import PIXEL_CENTER_OFFSET, poses_to_instances
 from grouppose.modeling.query_selection import (
     InstanceKeypointQueries,
     QuerySelection,
     SelectedPoses,
+    build_queries,
+    build_query_selection,
 )
 from grouppose.modeling.variants import DecoderVariant
 
@@ -97,17 +107,6 @@ def _backbone_layout(images: Tensor) -> Tensor:
     return images
 
 
-def backbone_channels(backbone: Backbone, in_features: List[str]) -> List[int]:
-    """Channels of the backbone outputs ``in_features``; a ValueError names those it lacks."""
-    shapes = backbone.output_shape()
-    missing = [name for name in in_features if name not in shapes]
-    if missing:
-        raise ValueError(
-            f"MODEL.GROUP_POSE.IN_FEATURES {missing} are not backbone outputs ({sorted(shapes)})"
-        )
-    return [shapes[name].channels for name in in_features]
-
-
 def padding_mask(images: ImageList) -> Tensor:
     """(B, H, W) bool, True on the padding of the batched images."""
     B, _, H, W = images.tensor.shape
@@ -145,10 +144,10 @@ class GroupPose(nn.Module):
         criterion: SetCriterion,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
-        pos_temperature: float = 20.0,
-        aux_loss: bool = True,
-        test_topk: int = 50,
-        test_score_thresh: float = 0.0,
+        pos_temperature: float,
+        aux_loss: bool,
+        test_topk: int,
+        test_score_thresh: float,
         detection_decoder: Optional[HumanDetectionDecoder] = None,
         detection_criterion: Optional[DetectionCriterion] = None,
         inference_dtype: Optional[torch.dtype] = None,
@@ -206,35 +205,29 @@ class GroupPose(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> Dict:
         """The model's parts from ``cfg`` (see add_grouppose_config), in the paper's order; a
-        ValueError names the first invalid ``MODEL.GROUP_POSE`` key (see check_grouppose_config).
+        ValueError names the first invalid ``MODEL.GROUP_POSE`` key: check_grouppose_config
+        checks each key, DecoderVariant the ablation switches, the parts the rules between keys.
         """
         check_grouppose_config(cfg)
         gp = cfg.MODEL.GROUP_POSE
+        variant = DecoderVariant.from_config(gp)  # checks the ablation switches
         # Frozen BN as the official computes it (see AffineFrozenBatchNorm2d).
         backbone = use_affine_frozen_batch_norm(build_backbone(cfg))
         # Built right after the backbone: the seeded initial weights of the parts built after
         # it depend on the random numbers its initialisation draws.
         detection_decoder, detection_criterion = build_detection_branch(cfg)
-        variant = DecoderVariant.from_config(gp)
-        layer_args = attention_layer_args(cfg)
         return {
             "backbone": backbone,
             "in_features": gp.IN_FEATURES,
-            "input_proj": InputProjection(
-                backbone_channels(backbone, gp.IN_FEATURES), gp.HIDDEN_DIM,
-                gp.NUM_FEATURE_LEVELS,
-            ),
-            "encoder": DeformableEncoder(gp.ENC_LAYERS, num_points=gp.ENC_N_POINTS, **layer_args),
-            "query_selection": QuerySelection(gp.HIDDEN_DIM, gp.NUM_KEYPOINTS, gp.NUM_INSTANCES),
+            "input_proj": build_input_projection(cfg, backbone.output_shape()),
+            "encoder": build_encoder(cfg),
+            "query_selection": build_query_selection(cfg),
             "detection_decoder": detection_decoder,
-            "queries": InstanceKeypointQueries(
-                gp.HIDDEN_DIM, gp.NUM_KEYPOINTS, variant,
-                instance_from_person=detection_decoder is not None,
+            # The detection decoder's persons also start the instance queries.
+            "queries": build_queries(
+                cfg, variant, instance_from_person=detection_decoder is not None
             ),
-            "decoder": GroupPoseDecoder(
-                gp.DEC_LAYERS, num_points=gp.DEC_N_POINTS, num_keypoints=gp.NUM_KEYPOINTS,
-                variant=variant, **layer_args,
-            ),
+            "decoder": build_decoder(cfg, variant),
             "criterion": build_criterion(cfg),
             "detection_criterion": detection_criterion,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -248,9 +241,7 @@ class GroupPose(nn.Module):
             ),
             # Built last (an optional part): the other parts' seeded initial weights are then
             # the same with and without it.
-            "keypoint_confidence": KeypointConfidenceHeads(
-                gp.DEC_LAYERS, gp.HIDDEN_DIM, variant.keypoint_slice
-            ) if gp.KEYPOINT_CONFIDENCE else None,
+            "keypoint_confidence": build_keypoint_confidence_heads(cfg, variant),
         }
 
     @property

@@ -9,9 +9,10 @@ pixel offset counts more along the shorter side. That is deliberate, for parity 
 training; COCO evaluation itself computes OKS in pixels and does not use this module.
 """
 
-from typing import Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from detectron2.data import MetadataCatalog
 from torch import Tensor
 
 # Per-keypoint standard deviations from the COCO keypoint evaluation (already divided by 10).
@@ -63,6 +64,46 @@ def as_sigmas(sigmas: Union[Tensor, Sequence[float]]) -> Tensor:
     if not bool((sigmas > 0).all()):
         raise ValueError("sigmas must all be > 0")
     return sigmas
+
+
+def _metadata_sigmas(dataset_names: Sequence[str]) -> Tuple[Optional[List[float]], str]:
+    """The ``kpt_oks_sigmas`` of the first of ``dataset_names`` that has them, and where they
+    come from."""
+    for name in dataset_names:
+        sigmas = MetadataCatalog.get(name).get("kpt_oks_sigmas", None)
+        if sigmas is not None:
+            return list(sigmas), f"the kpt_oks_sigmas of dataset '{name}'"
+    return None, ""
+
+
+def oks_sigmas(
+    num_keypoints: int, sigmas: Sequence[float] = (), dataset_names: Sequence[str] = (),
+    source: str = "the OKS sigmas",
+) -> List[float]:
+    """The K = ``num_keypoints`` OKS sigmas of training and evaluation: ``sigmas`` when given,
+    else the ``kpt_oks_sigmas`` metadata of the first of ``dataset_names`` that has them, else
+    the standard sigmas for K (``default_oks_sigmas``, as float32 values). ``source`` names
+    ``sigmas`` in errors.
+
+    Returns:
+        K positive numbers, as given (the evaluators compute in float64 with them).
+
+    Raises:
+        ValueError when there are not K of them, when one is not > 0, or when none are given
+        and K has no standard sigmas.
+    """
+    given, found = list(sigmas), source
+    if not given:
+        given, found = _metadata_sigmas(dataset_names)
+    if given is None:
+        try:
+            return default_oks_sigmas(num_keypoints).tolist()
+        except ValueError as e:
+            raise ValueError(f"{e}: set {source} or the dataset metadata's kpt_oks_sigmas") from e
+    if len(given) != num_keypoints:
+        raise ValueError(f"{found} has {len(given)} values but there are {num_keypoints} keypoints")
+    as_sigmas(given)  # validates: positive numbers
+    return given
 
 
 def _keypoint_similarity(

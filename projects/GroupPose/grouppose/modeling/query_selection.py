@@ -7,14 +7,15 @@ group of K + 1 queries: one instance query (scores the pose) followed by K keypo
 """
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
+from detectron2.config import CfgNode
 from torch import Tensor, nn
 
 from grouppose.layers import Linear
 from grouppose.modeling.blocks import MLP, in_float32, person_prior_logit
-from grouppose.modeling.variants import PAPER_VARIANT, DecoderVariant
+from grouppose.modeling.variants import DecoderVariant
 
 # A proposal (center x, y and size w, h, all normalised) must lie strictly inside this open
 # interval to be used; the others are rejected (see encoder_proposals).
@@ -85,7 +86,7 @@ class QuerySelection(nn.Module):
     predictions; its keypoints initialise the decoder's reference points.
     """
 
-    def __init__(self, dim: int, num_keypoints: int, num_instances: int):
+    def __init__(self, *, dim: int, num_keypoints: int, num_instances: int):
         super().__init__()
         self.num_keypoints = num_keypoints
         self.num_instances = num_instances
@@ -140,6 +141,15 @@ class QuerySelection(nn.Module):
         )
 
 
+def build_query_selection(cfg: CfgNode) -> QuerySelection:
+    """The two-stage selection of MODEL.GROUP_POSE.NUM_INSTANCES persons of NUM_KEYPOINTS
+    keypoints from HIDDEN_DIM-channel memory."""
+    gp = cfg.MODEL.GROUP_POSE
+    return QuerySelection(
+        dim=gp.HIDDEN_DIM, num_keypoints=gp.NUM_KEYPOINTS, num_instances=gp.NUM_INSTANCES
+    )
+
+
 class InstanceKeypointQueries(nn.Module):
     """Content of the N x (K + 1) decoder queries: per person one instance query and K keypoint
     queries.
@@ -151,30 +161,54 @@ class InstanceKeypointQueries(nn.Module):
     Variants (grouppose.modeling.variants): only the keypoint queries or only the instance query.
     The instance query also gets the person feature when ``instance_from_person`` (the human
     detection decoder's persons) or when it is the only query (it then regresses the pose).
+    ``__init__`` picks the query types' functions once.
     """
 
     def __init__(
-        self, dim: int, num_keypoints: int, variant: DecoderVariant = PAPER_VARIANT,
-        instance_from_person: bool = False,
+        self, *, dim: int, num_keypoints: int, variant: DecoderVariant, instance_from_person: bool
     ):
         super().__init__()
         self.variant = variant
-        self.instance_from_person = instance_from_person or not variant.has_keypoint_queries
+        # (B, N, 1, C) person features -> (B, N, G_t, C) queries of each type, in group order.
+        query_types: List[Callable[[Tensor], Tensor]] = []
         if variant.has_instance_query:
             self.instance_embedding = nn.Embedding(1, dim)
             nn.init.xavier_uniform_(self.instance_embedding.weight)
+            from_person = instance_from_person or not variant.has_keypoint_queries
+            query_types.append(
+                self.person_instance_queries if from_person else self.shared_instance_queries
+            )
         if variant.has_keypoint_queries:
             self.keypoint_embedding = nn.Embedding(num_keypoints, dim)
             nn.init.xavier_uniform_(self.keypoint_embedding.weight)
+            query_types.append(self.keypoint_queries)
+        self.query_types = tuple(query_types)
+
+    def shared_instance_queries(self, person: Tensor) -> Tensor:
+        """(B, N, 1, C) -> (B, N, 1, C): the one instance embedding, for every person."""
+        return self.instance_embedding.weight[None, None].expand(person.shape)
+
+    def person_instance_queries(self, person: Tensor) -> Tensor:
+        """(B, N, 1, C) -> (B, N, 1, C): the instance embedding + each person's feature."""
+        return self.shared_instance_queries(person) + person
+
+    def keypoint_queries(self, person: Tensor) -> Tensor:
+        """(B, N, 1, C) -> (B, N, K, C): keypoint embedding k + each person's feature."""
+        return self.keypoint_embedding.weight[None, None] + person
 
     def forward(self, person_features: Tensor) -> Tensor:
         """(B, N, C) person features -> (B, N, G, C) queries, instance query first."""
-        B, N, C = person_features.shape
         person = person_features.detach()[:, :, None]
-        queries = []
-        if self.variant.has_instance_query:
-            instance_query = self.instance_embedding.weight[None, None].expand(B, N, 1, C)
-            queries.append(instance_query + person if self.instance_from_person else instance_query)
-        if self.variant.has_keypoint_queries:
-            queries.append(self.keypoint_embedding.weight[None, None] + person)
-        return torch.cat(queries, dim=2)
+        return torch.cat([queries(person) for queries in self.query_types], dim=2)
+
+
+def build_queries(
+    cfg: CfgNode, variant: DecoderVariant, instance_from_person: bool
+) -> InstanceKeypointQueries:
+    """The decoder's queries of MODEL.GROUP_POSE (HIDDEN_DIM, NUM_KEYPOINTS) in the layout of
+    ``variant``; ``instance_from_person``: see InstanceKeypointQueries."""
+    gp = cfg.MODEL.GROUP_POSE
+    return InstanceKeypointQueries(
+        dim=gp.HIDDEN_DIM, num_keypoints=gp.NUM_KEYPOINTS, variant=variant,
+        instance_from_person=instance_from_person,
+    )

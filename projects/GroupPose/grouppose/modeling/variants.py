@@ -23,6 +23,8 @@ Each field is the config key ``MODEL.GROUP_POSE.<FIELD>``; the defaults are the 
 
 from dataclasses import dataclass, fields
 
+from grouppose.config import config_key
+
 CHOICES = {
     "self_attn": ("group", "standard", "standard_masked"),
     "group_attn": ("both", "within_only", "across_only", "none"),
@@ -30,10 +32,6 @@ CHOICES = {
     "queries": ("instance_and_keypoint", "keypoint_only", "instance_only"),
     "score_from": ("instance", "mean_keypoint"),
 }
-
-
-def config_key(field_name: str) -> str:
-    return f"MODEL.GROUP_POSE.{field_name.upper()}"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,6 @@
 
 from . import swin  # noqa: F401  (importing it registers build_swin_backbone)
 from .frozen_batch_norm import use_affine_frozen_batch_norm
-from .input_projection import InputProjection
+from .input_projection import InputProjection, build_input_projection
 
-__all__ = ["InputProjection", "use_affine_frozen_batch_norm"]
+__all__ = ["InputProjection", "build_input_projection", "use_affine_frozen_batch_norm"]

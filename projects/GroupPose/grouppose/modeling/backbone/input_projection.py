@@ -1,8 +1,9 @@
 """Backbone feature maps -> the transformer's multi-level inputs (Deformable DETR style)."""
 
-from typing import List
+from typing import Dict, List
 
-from detectron2.layers import Conv2d
+from detectron2.config import CfgNode
+from detectron2.layers import Conv2d, ShapeSpec
 from torch import Tensor, nn
 
 # GroupNorm groups of every projection, as in the official implementation.
@@ -27,7 +28,7 @@ class InputProjection(nn.Module):
     previous extra level (j > 0).
     """
 
-    def __init__(self, in_channels: List[int], dim: int, num_levels: int):
+    def __init__(self, *, in_channels: List[int], dim: int, num_levels: int):
         """
         Args:
             in_channels: channels of the backbone levels used, finest first.
@@ -37,12 +38,14 @@ class InputProjection(nn.Module):
         super().__init__()
         if num_levels < len(in_channels):
             raise ValueError(
-                f"num_levels ({num_levels}) must be >= the number of backbone levels "
-                f"({len(in_channels)}, MODEL.GROUP_POSE.IN_FEATURES)"
+                f"InputProjection: num_levels ({num_levels}, MODEL.GROUP_POSE.NUM_FEATURE_LEVELS) "
+                f"must be >= the number of backbone levels ({len(in_channels)}, "
+                f"MODEL.GROUP_POSE.IN_FEATURES): each is one level, the others are extra levels"
             )
         if dim % GROUP_NORM_GROUPS != 0:
             raise ValueError(
-                f"hidden dim ({dim}) must be a multiple of {GROUP_NORM_GROUPS} (GroupNorm)"
+                f"InputProjection: dim ({dim}, MODEL.GROUP_POSE.HIDDEN_DIM) must be a multiple "
+                f"of {GROUP_NORM_GROUPS}, the GroupNorm groups"
             )
         self.projections = nn.ModuleList(_conv_gn(c, dim, 1, 1) for c in in_channels)
         extra_in = [in_channels[-1]] + [dim] * (num_levels - len(in_channels) - 1)
@@ -58,3 +61,18 @@ class InputProjection(nn.Module):
             source = extra(source)
             levels.append(source)
         return levels
+
+
+def build_input_projection(cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> InputProjection:
+    """The projection of the backbone outputs MODEL.GROUP_POSE.IN_FEATURES (their shapes in
+    ``input_shape``, the backbone's ``output_shape()``) to HIDDEN_DIM channels, in
+    NUM_FEATURE_LEVELS levels; a ValueError names the IN_FEATURES the backbone lacks."""
+    gp = cfg.MODEL.GROUP_POSE
+    missing = [name for name in gp.IN_FEATURES if name not in input_shape]
+    if missing:
+        raise ValueError(f"MODEL.GROUP_POSE.IN_FEATURES {missing} are not backbone outputs "
+                         f"({sorted(input_shape)})")
+    return InputProjection(
+        in_channels=[input_shape[name].channels for name in gp.IN_FEATURES],
+        dim=gp.HIDDEN_DIM, num_levels=gp.NUM_FEATURE_LEVELS,
+    )
