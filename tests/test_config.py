@@ -174,7 +174,6 @@ def test_every_group_pose_key_is_validated():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"NHEADS": 3}, "MSDeformAttn: dim (64) must be divisible by num_heads (3)"),
     ({"HIDDEN_DIM": 100},
      "InputProjection: dim (100, MODEL.GROUP_POSE.HIDDEN_DIM) must be a multiple of 32"),
     ({"NUM_FEATURE_LEVELS": 2},
@@ -188,6 +187,17 @@ def test_keys_that_depend_on_each_other(changes, message):
     cfg = tiny_config()
     cfg.MODEL.GROUP_POSE.update(changes)
     check_grouppose_config(cfg)  # each key is valid on its own
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_model(cfg)
+
+
+def test_heads_must_divide_the_hidden_size_in_config_terms():
+    # The config check's one rule between keys: every attention layer (two kinds) needs it.
+    cfg = tiny_config()
+    cfg.MODEL.GROUP_POSE.NHEADS = 3
+    message = "MODEL.GROUP_POSE.NHEADS (3) must divide MODEL.GROUP_POSE.HIDDEN_DIM (64)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_grouppose_config(cfg)
     with pytest.raises(ValueError, match=re.escape(message)):
         build_model(cfg)
 

@@ -220,7 +220,9 @@ _RULES: Dict[str, _Rule] = {
 
 def check_grouppose_config(cfg: CfgNode) -> None:
     """Validate the type and range of every ``MODEL.GROUP_POSE`` key but the ablation switches
-    (see ``_RULES``), so that a bad value fails when the model is built, in config-key terms.
+    (see ``_RULES``), and that NHEADS divides HIDDEN_DIM, so that a bad value fails when the
+    model is built, in config-key terms. The other rules between keys belong to the parts that
+    use them (InputProjection, DecoderVariant, the keypoint confidence heads).
 
     Raises:
         ValueError naming the key and its value; or telling to add the Group Pose keys when
@@ -236,6 +238,11 @@ def check_grouppose_config(cfg: CfgNode) -> None:
     for key, rule in _RULES.items():
         if not rule.accepts(gp[key]):
             raise ValueError(f"{config_key(key)} must be {rule.description}, got {gp[key]!r}")
+    # Every attention layer splits its channels over the heads: checked here once, in terms of
+    # the keys, for the two kinds (nn.MultiheadAttention, MSDeformAttn), before either is built.
+    if gp.HIDDEN_DIM % gp.NHEADS != 0:
+        raise ValueError(f"{config_key('NHEADS')} ({gp.NHEADS}) must divide "
+                         f"{config_key('HIDDEN_DIM')} ({gp.HIDDEN_DIM})")
 
 
 def inference_model_config(cfg: CfgNode) -> CfgNode:

@@ -350,15 +350,13 @@ class MSDeformAttn(nn.Module):
         """
         Args:
             dim: channels of the queries, the values and the output (C).
-            num_heads: attention heads (M); each attends to dim / num_heads channels.
+            num_heads: attention heads (M); each attends to dim / num_heads channels, so it
+                must divide dim (for a Group Pose model the config check says so, in terms of
+                its keys, before any layer is built).
             num_levels: feature levels sampled (L).
             num_points: sampling points per head and level (P).
         """
         super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(
-                f"MSDeformAttn: dim ({dim}) must be divisible by num_heads ({num_heads})"
-            )
         self.dim = dim
         self.num_heads = num_heads
         self.num_levels = num_levels
