@@ -18,12 +18,11 @@ from training_utils import FAST_OPTS, TINY_CONFIG, TRAIN_SET, tiny_training_conf
 from grouppose.checkpoint import convert_official_checkpoint
 from grouppose.engine import Trainer
 from grouppose.inference_modes import (
-    _OP_MODULE,
     PoseAgreement,
     inference_mode,
     pose_agreement,
 )
-from grouppose.layers import fast_paths_enabled, ms_deform_attn_reference
+from grouppose.layers import fast_paths_enabled, reference_op_enabled
 from grouppose.modeling.oks import default_oks_sigmas
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +62,9 @@ def test_modes_switch_what_they_name():
     with inference_mode(model, "bf16"):
         assert model.inference_dtype is torch.bfloat16
     with inference_mode(model, "reference"):
-        assert _OP_MODULE.ms_deform_attn is ms_deform_attn_reference
+        assert reference_op_enabled()
         assert not fast_paths_enabled() and model.inference_dtype is None
-    assert _OP_MODULE.ms_deform_attn is not ms_deform_attn_reference
+    assert not reference_op_enabled()
     assert fast_paths_enabled()
     with pytest.raises(ValueError, match="'tf32' is a cuda mode, not for cpu"), \
             inference_mode(model, "tf32"):

@@ -9,7 +9,6 @@ computes as the official implementation does. The benchmarks time the modes
 """
 
 import contextlib
-import importlib
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, NamedTuple, Tuple
 from unittest import mock
@@ -19,7 +18,7 @@ from detectron2.structures import Instances
 from torch import Tensor, nn
 
 from grouppose.config import INFERENCE_DTYPES
-from grouppose.layers import ms_deform_attn_reference, plain_inference
+from grouppose.layers import plain_inference, reference_op
 from grouppose.modeling.oks import pairwise_keypoint_similarity
 
 __all__ = [
@@ -39,7 +38,7 @@ __all__ = [
 class Mode:
     dtype: str  # the arithmetic: fp32 | tf32 | fp16 | bf16
     devices: Tuple[str, ...]
-    op: str = "compiled"  # or "reference": ms_deform_attn_reference
+    op: str = "compiled"  # or "reference": run inside grouppose.layers.reference_op()
     plain: bool = False  # run inside grouppose.layers.plain_inference()
 
 
@@ -56,9 +55,6 @@ DEFAULT_MODES: Dict[str, List[str]] = {
 }
 OUT_OF_THE_BOX_MODE = "fp32"  # what the predictor runs with the default config
 REFERENCE_MODE = "reference"
-# The module whose ms_deform_attn MSDeformAttn calls (grouppose.layers exports the function
-# under the module's name, so the module is looked up by name).
-_OP_MODULE = importlib.import_module("grouppose.layers.ms_deform_attn")
 
 
 def check_mode(name: str, device: torch.device) -> Mode:
@@ -80,9 +76,7 @@ def inference_mode(model: nn.Module, name: str) -> Iterator[None]:
         dtype = "fp32" if mode.dtype == "tf32" else mode.dtype
         stack.enter_context(mock.patch.object(model, "inference_dtype", INFERENCE_DTYPES[dtype]))
         if mode.op == "reference":
-            stack.enter_context(
-                mock.patch.object(_OP_MODULE, "ms_deform_attn", ms_deform_attn_reference)
-            )
+            stack.enter_context(reference_op())
         if mode.plain:
             stack.enter_context(plain_inference())
         if mode.dtype == "tf32":
