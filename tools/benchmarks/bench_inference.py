@@ -55,8 +55,7 @@ import grouppose.modeling.meta_arch as meta_arch
 from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
 from grouppose.collect_env import cpu_info, format_cpu_info
 from grouppose.deploy import OnnxPosePredictor, export_onnx
-from grouppose.export import GroupPoseExportModule
-from grouppose.inference_modes import (
+from grouppose.evaluation.inference_modes import (
     DEFAULT_MODES,
     MODES,
     OUT_OF_THE_BOX_MODE,
@@ -64,6 +63,7 @@ from grouppose.inference_modes import (
     check_mode,
     inference_mode,
 )
+from grouppose.export import GroupPoseExportModule
 from grouppose.layers import reuse_freed_memory
 from grouppose.modeling.inference_precision import matmul_gflops, measured_matmul_rates
 from grouppose.predictor import build_inference_config
