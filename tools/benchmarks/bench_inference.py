@@ -54,7 +54,7 @@ from fvcore.nn.jit_handles import get_shape
 import grouppose.modeling.meta_arch as meta_arch
 from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
 from grouppose.collect_env import cpu_info, format_cpu_info
-from grouppose.deploy import OnnxPosePredictor, export_onnx
+from grouppose.deploy import GroupPoseExportModule, OnnxPosePredictor, export_onnx
 from grouppose.evaluation.inference_modes import (
     DEFAULT_MODES,
     MODES,
@@ -63,7 +63,6 @@ from grouppose.evaluation.inference_modes import (
     check_mode,
     inference_mode,
 )
-from grouppose.export import GroupPoseExportModule
 from grouppose.layers import reuse_freed_memory
 from grouppose.modeling.inference_precision import matmul_gflops, measured_matmul_rates
 from grouppose.predictor import build_inference_config

@@ -24,7 +24,7 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 
 from grouppose.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, DeployMetadata
-from grouppose.export import GroupPoseExportModule
+from grouppose.deploy.torch_export import GroupPoseExportModule
 from grouppose.layers import plain_inference
 from grouppose.layers.ms_deform_attn_op import kernel_unavailable_reason
 from grouppose.modeling import GroupPose
