@@ -22,9 +22,8 @@ from test_model_parity import load_reference, reference_cfg
 from test_predictor import _load_converter
 from tiny_grouppose import BASE_CONFIG, REPO_ROOT
 
-from grouppose.deploy import DeployMetadata, OnnxPosePredictor, resized_shape
+from grouppose.deploy import DeployMetadata, GroupPoseExportModule, OnnxPosePredictor, resized_shape
 from grouppose.deploy.metadata import METADATA_KEY
-from grouppose.export import GroupPoseExportModule
 from grouppose.predictor import GroupPosePredictor
 
 INSTALL_HINT = "needs the deploy extra: pip install --no-build-isolation -e '.[deploy]'"

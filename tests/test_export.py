@@ -6,7 +6,7 @@ import torch
 from detectron2.modeling import build_model
 from tiny_grouppose import NUM_INSTANCES, tiny_config
 
-from grouppose.export import GroupPoseExportModule, export_grouppose
+from grouppose.deploy import GroupPoseExportModule, export_grouppose
 
 HEIGHT, WIDTH = 64, 96
 NUM_KEYPOINTS = 17
@@ -70,6 +70,20 @@ def test_saved_program_loads_and_runs(model, exported, image, tmp_path):
 
     for actual, expected in zip(loaded, exported.module()(normalized)):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_old_import_path_warns_and_forwards():
+    """grouppose.export (deprecated) gives the same objects, warning with the new import."""
+    import grouppose.export as old
+
+    with pytest.warns(DeprecationWarning, match="from grouppose.deploy import export_grouppose"):
+        assert old.export_grouppose is export_grouppose
+    with pytest.warns(DeprecationWarning,
+                      match="from grouppose.deploy import GroupPoseExportModule"):
+        from grouppose.export import GroupPoseExportModule as OldModule
+    assert OldModule is GroupPoseExportModule
+    with pytest.raises(AttributeError, match="no attribute 'export_onnx'"):
+        old.export_onnx  # noqa: B018
 
 
 def test_export_rejects_bad_sizes(model):

@@ -1,8 +1,10 @@
-"""tools/gpu_check.py's CPU-side parts: the records of docs/benchmarks/gpu_inference.json and
-the choice of test files. (Its whole run is rehearsed with `gpu_check.py run --dry-run`, which
-needs `prepare`'s downloads.)"""
+"""tools/gpu_check.py's CPU-side parts: the records of docs/benchmarks/gpu_inference.json, the
+choice of test files and where a run writes. (Its whole run is rehearsed with `gpu_check.py run
+--dry-run`, which needs `prepare`'s downloads.)"""
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,23 @@ def test_cuda_test_files_are_those_with_cuda_tests():
     assert "tests/test_ms_deform_attn_cuda_dtypes.py" in files
     assert "tests/test_ms_deform_attn.py" in files
     assert "tests/test_gpu_check.py" not in files
+
+
+def test_run_writes_results_and_logs_to_the_out_folder(tmp_path, monkeypatch):
+    """A dry run with no time budget skips every step but still records the environment and
+    the skipped steps, in --out: a relative one is taken from the current folder."""
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    (prepared / "manifest.json").write_text(json.dumps(
+        {"python": python, "detectron2_archive": "none.tar.gz", "wheels": []}
+    ))
+    monkeypatch.setattr(gpu_check, "PREPARED_DIR", prepared)
+    monkeypatch.chdir(tmp_path)
+    status = gpu_check.main(["run", "--dry-run", "--budget", "0", "--out", "results",
+                             "--work", str(tmp_path / "work")])
+    assert status == 1  # nothing ran
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert summary["dry_run"] and summary["environment"]["python"].startswith(python)
+    assert {step["status"] for step in summary["steps"]} == {"skipped"}
+    assert "===== environment" in (tmp_path / "results" / "setup.log").read_text()

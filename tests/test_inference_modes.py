@@ -1,6 +1,6 @@
-"""Inference modes (grouppose.inference_modes): what each switches, how pose agreement is
-measured, and the agreement of the fast modes with the reference on the official weights of
-the reference fixture."""
+"""Inference modes (grouppose.evaluation.inference_modes): what each switches, how pose
+agreement is measured, and the agreement of the fast modes with the reference on the official
+weights of the reference fixture."""
 
 import contextlib
 import importlib.util
@@ -13,17 +13,17 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from test_model_parity import load_reference, reference_batch, reference_cfg
+from tiny_grouppose import tiny_config
 from training_utils import FAST_OPTS, TINY_CONFIG, TRAIN_SET, tiny_training_config
 
 from grouppose.checkpoint import convert_official_checkpoint
 from grouppose.engine import Trainer
-from grouppose.inference_modes import (
-    _OP_MODULE,
+from grouppose.evaluation.inference_modes import (
     PoseAgreement,
     inference_mode,
     pose_agreement,
 )
-from grouppose.layers import fast_paths_enabled, ms_deform_attn_reference
+from grouppose.layers import MSDeformAttn, fast_paths_enabled, reference_op_enabled
 from grouppose.modeling.oks import default_oks_sigmas
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +63,9 @@ def test_modes_switch_what_they_name():
     with inference_mode(model, "bf16"):
         assert model.inference_dtype is torch.bfloat16
     with inference_mode(model, "reference"):
-        assert _OP_MODULE.ms_deform_attn is ms_deform_attn_reference
+        assert reference_op_enabled()
         assert not fast_paths_enabled() and model.inference_dtype is None
-    assert _OP_MODULE.ms_deform_attn is not ms_deform_attn_reference
+    assert not reference_op_enabled()
     assert fast_paths_enabled()
     with pytest.raises(ValueError, match="'tf32' is a cuda mode, not for cpu"), \
             inference_mode(model, "tf32"):
@@ -73,6 +73,51 @@ def test_modes_switch_what_they_name():
     with pytest.raises(ValueError, match="unknown inference mode 'int8'"), \
             inference_mode(model, "int8"):
         pass
+
+
+def test_tf32_mode_sets_and_restores_the_tf32_flags():
+    """PyTorch's flags are settable without a GPU: a stand-in CUDA model switches them."""
+    model = torch.nn.Module()
+    model.inference_dtype = None
+    model.device = torch.device("cuda")
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    before = [backend.allow_tf32 for backend in flags]
+    with inference_mode(model, "tf32"):
+        assert all(backend.allow_tf32 for backend in flags)
+        assert model.inference_dtype is None
+    assert [backend.allow_tf32 for backend in flags] == before
+
+
+def test_modes_reach_a_real_model_and_are_restored():
+    """On a tiny GroupPose: bf16 autocasts its forward (the encoder returns bfloat16), the
+    reference mode reaches every MSDeformAttn (reference op, fused paths off), and after each
+    block, an exception included, the model runs float32 on the default paths again."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config()).eval()
+    seen = {}
+    model.encoder.register_forward_hook(
+        lambda module, inputs, output: seen.__setitem__("encoder_dtype", output.dtype)
+    )
+    attention = next(m for m in model.modules() if isinstance(m, MSDeformAttn))
+    attention.register_forward_pre_hook(
+        lambda module, inputs: seen.__setitem__(
+            "switches", (reference_op_enabled(), fast_paths_enabled())
+        )
+    )
+    batch = [{"image": torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1)) * 255}]
+    with torch.no_grad():
+        with inference_mode(model, "bf16"):
+            model(batch)
+        assert seen == {"encoder_dtype": torch.bfloat16, "switches": (False, True)}
+        with inference_mode(model, "reference"):
+            model(batch)
+        assert seen == {"encoder_dtype": torch.float32, "switches": (True, False)}
+        with pytest.raises(RuntimeError, match="stop"), inference_mode(model, "fp16"):
+            assert model.inference_dtype is torch.float16
+            raise RuntimeError("stop")
+        model(batch)
+    assert model.inference_dtype is None
+    assert seen == {"encoder_dtype": torch.float32, "switches": (False, True)}
 
 
 def test_pose_agreement_pairs_each_top_pose_with_its_counterpart():

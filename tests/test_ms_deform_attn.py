@@ -2,16 +2,20 @@
 reference and the official implementation's tensors, its gradients, half precision,
 torch.compile / torch.export, input validation and the MSDeformAttn module."""
 
-import importlib
 import os
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from grouppose.layers import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference
-
-op_module = importlib.import_module("grouppose.layers.ms_deform_attn")
+from grouppose.layers import (
+    MSDeformAttn,
+    ms_deform_attn,
+    ms_deform_attn_reference,
+    reference_op,
+    reference_op_enabled,
+)
+from grouppose.layers import ms_deform_attn_op as op_module
 
 ARGUMENT_NAMES = (
     "value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"
@@ -429,6 +433,46 @@ def test_fallback_warns_once_and_uses_reference(monkeypatch):
     assert len(caught) == 1
     expected = ms_deform_attn_reference(*inputs)
     assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+def compiled_op_calls(recorded: RecordOps) -> int:
+    return sum(func == torch.ops.grouppose.ms_deform_attn.default for func, _ in recorded.calls)
+
+
+def test_reference_op_runs_the_reference_inside_its_block(compiled_op):
+    inputs = make_inputs(2, 4, 3, 4, [(4, 5), (2, 3)], 2)
+    with RecordOps() as recorded:
+        compiled = ms_deform_attn(*inputs)
+    assert compiled_op_calls(recorded) == 1 and not reference_op_enabled()
+    with reference_op(), RecordOps() as recorded:
+        assert reference_op_enabled()
+        inside = ms_deform_attn(*inputs)
+    assert compiled_op_calls(recorded) == 0
+    assert torch.equal(inside, ms_deform_attn_reference(*inputs))
+    assert_close_to_magnitude(inside, compiled, 1e-5)
+    assert not reference_op_enabled()
+
+
+def test_reference_op_switches_the_module_and_restores_on_error(compiled_op):
+    """MSDeformAttn goes through ms_deform_attn, so the switch reaches the model; nested blocks
+    and an exception leave it as it was."""
+    torch.manual_seed(0)
+    module = MSDeformAttn(dim=16, num_heads=2, num_levels=2, num_points=2).eval()
+    args = module_inputs(module, B=1, Lq=5, level_shapes=[(4, 4), (2, 2)], reference_dim=2)
+    with torch.no_grad():
+        with reference_op(), RecordOps() as recorded:
+            with reference_op():
+                pass
+            assert reference_op_enabled()  # still on after the inner block
+            reference = module(*args)
+        assert compiled_op_calls(recorded) == 0
+        with RecordOps() as recorded:
+            compiled = module(*args)
+        assert compiled_op_calls(recorded) == 1
+    torch.testing.assert_close(compiled, reference, rtol=0, atol=1e-5)
+    with pytest.raises(RuntimeError, match="inside"), reference_op():
+        raise RuntimeError("inside")
+    assert not reference_op_enabled()
 
 
 def module_inputs(module, B, Lq, level_shapes, reference_dim, seed=0):

@@ -10,15 +10,13 @@ These call the op itself (not the Python wrapper), so that they test the kernels
 (tools/gpu_check.py runs them on one).
 """
 
-import importlib
 import itertools
 
 import pytest
 import torch
 
+from grouppose.layers import ms_deform_attn_op as op_module
 from grouppose.layers import ms_deform_attn_reference
-
-op_module = importlib.import_module("grouppose.layers.ms_deform_attn")
 
 pytestmark = pytest.mark.cuda
 

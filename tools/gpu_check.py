@@ -1,26 +1,28 @@
 #!/usr/bin/env python
-"""GPU checks in one run: build grouppose._C with its CUDA kernels, run the CUDA tests and
-benchmark inference, with results and logs under $OUT.
+"""GPU checks in one command, for a GPU machine without network access: build grouppose._C
+with its CUDA kernels, run the CUDA tests and benchmark inference, with results and logs in the
+folder given by ``--out``.
 
-Made for the lent GPU machine (H100 / H200): it has its own PyTorch (2.11, Python 3.12) and
-nvcc but no network and no Detectron2. So the run takes what it lacks from build/gpu_check/,
-which `prepare` fills on a machine with PyPI, and which the call carries:
+The GPU machine needs Python, PyTorch with CUDA, nvcc and a copy of this repository; not
+Detectron2 and no network. The run takes what the machine lacks from build/gpu_check/, which
+`prepare` fills on a machine with PyPI and which is copied to the GPU machine with the
+repository:
 
-1. Here, from the repository root (fetches a few wheels; needs ../shared/vendor):
-       .venv/bin/python tools/gpu_check.py prepare
-2. Rehearse here on the CPU, in about a minute: the same steps with the CUDA parts switched
+1. On a machine with PyPI, from the repository root (fetches a few wheels; needs
+   ../shared/vendor), for the GPU machine's Python (default 3.12):
+       .venv/bin/python tools/gpu_check.py prepare [--python-version 3.12]
+2. Rehearse there on the CPU, in about a minute: the same steps with the CUDA parts switched
    off (CPU build into a temporary folder, CUDA tests collected and skipped, a tiny CPU
    benchmark). It catches a broken step or an option the benchmark no longer takes. The
-   wheels must suit this machine's Python for that, so prepare for it, then again for the
-   device (the run refuses wheels prepared for another Python):
+   wheels must suit that machine's Python for it, so prepare for it, then again for the GPU
+   machine (the run refuses wheels prepared for another Python):
        .venv/bin/python tools/gpu_check.py prepare --python-version 3.11
        .venv/bin/python tools/gpu_check.py run --dry-run
        .venv/bin/python tools/gpu_check.py prepare
-3. The device tool, from the repository root (the run keeps itself within --budget, 480 s,
-   and prints a table of steps and FPS last):
-       run(command="python3 tools/gpu_check.py run", carry=["build/gpu_check"],
-           timeout_s=570)
-   Then copy $OUT/gpu_inference.json to docs/benchmarks/gpu_inference.json.
+3. On the GPU machine, from the repository root with build/gpu_check/ copied along (the run
+   keeps itself within --budget, 480 s, and prints a table of steps and FPS last):
+       python3 tools/gpu_check.py run --out gpu_check_results
+   Then copy gpu_check_results/gpu_inference.json to docs/benchmarks/gpu_inference.json.
 
 Steps of `run`, each in its own process with a time limit cut to what is left of the budget:
   setup   wheels into <work>/site, Detectron2 main's source (Python only: GroupPose-D2 calls none
@@ -31,10 +33,9 @@ Steps of `run`, each in its own process with a time limit cut to what is left of
   tests   pytest -m cuda on every test file holding CUDA tests.
   bench   tools/benchmarks/bench_inference.py --device cuda (R50, batch 1, 480x800 and
           800x1333, every CUDA mode: fp32, tf32, fp16, bf16), then the op benchmark.
-Files under $OUT (at most 8 come back): summary.json (steps, environment, records),
-gpu_inference.json (records {"device", "size", "mode", "default", "dtype", "ms", "fps"}),
-bench_inference.json (the benchmark's own results), setup.log, build.log, tests.log,
-bench.log.
+Files in the --out folder: summary.json (steps, environment, records), gpu_inference.json
+(records {"device", "size", "mode", "default", "dtype", "ms", "fps"}), bench_inference.json (the
+benchmark's own results), setup.log, build.log, tests.log, bench.log.
 """
 
 import argparse
@@ -51,9 +52,12 @@ from typing import Dict, List, Optional
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREPARED_DIR = REPO_ROOT / "build" / "gpu_check"
 DEFAULT_ARCHIVE = REPO_ROOT.parent / "shared" / "vendor" / "detectron2-main-02b5c4e.tar.gz"
-# The device image's Python (KINDS.md of the device tool); wheels with C code are fetched for it.
-DEVICE_PYTHON = "3.12"
-# What Detectron2 and its imports need that the device image lacks, at the versions .venv runs.
+# The GPU machine's Python unless `prepare --python-version` says otherwise; wheels with C code
+# are fetched for it.
+GPU_MACHINE_PYTHON = "3.12"
+# Results and logs of `run` unless --out names another folder (output/ is git-ignored).
+DEFAULT_OUT = REPO_ROOT / "output" / "gpu_check"
+# What Detectron2 and its imports need that the GPU machine lacks, at the versions .venv runs.
 # Binary wheels are downloaded for the target Python; the sdist-only ones are pure Python and
 # built here into py3-none-any wheels.
 BINARY_REQUIREMENTS = ("pycocotools==2.0.11", "yacs==0.1.8", "iopath==0.1.9",
@@ -145,8 +149,9 @@ class Runner:
 
     def run(self, name: str, command: List[str], log: str, cap: Optional[float] = None,
             env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-        """Run `command`, appending its output to $OUT/`log`; a CompletedProcess whose
-        returncode is None when it was skipped or stopped at its time limit."""
+        """Run `command`, appending its output to `log` in the results folder; a
+        CompletedProcess whose returncode is None when it was skipped or stopped at its time
+        limit."""
         limit = min(cap or STEP_CAPS.get(name, 60), self.deadline - time.monotonic())
         record = {"step": name, "command": " ".join(command), "log": log}
         if limit < MIN_STEP_SECONDS:
@@ -229,8 +234,8 @@ def run(args) -> int:
     manifest_path = PREPARED_DIR / "manifest.json"
     if not manifest_path.is_file():
         raise SystemExit(f"error: {manifest_path.relative_to(REPO_ROOT)} is missing: run "
-                         "`.venv/bin/python tools/gpu_check.py prepare` here first, and carry "
-                         "build/gpu_check")
+                         "`.venv/bin/python tools/gpu_check.py prepare` on a machine with PyPI "
+                         "first, and copy build/gpu_check here")
     manifest = json.loads(manifest_path.read_text())
     python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     if manifest["python"] != python_version:
@@ -238,7 +243,7 @@ def run(args) -> int:
         raise SystemExit(f"error: build/gpu_check was prepared for Python {manifest['python']}, "
                          f"this is {python_version}: run `.venv/bin/python tools/gpu_check.py "
                          f"prepare --python-version {python_version}` first")
-    out = Path(args.out or os.environ.get("OUT") or REPO_ROOT / "output" / "gpu_check")
+    out = Path(args.out).resolve()  # absolute: the steps run in the repository root
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work)
     if work.exists():
@@ -370,12 +375,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     prepare_parser = commands.add_parser("prepare", help="fill build/gpu_check (needs PyPI)")
-    prepare_parser.add_argument("--python-version", default=DEVICE_PYTHON,
+    prepare_parser.add_argument("--python-version", default=GPU_MACHINE_PYTHON,
                                 help="Python of the machine that runs `run` (default: %(default)s)")
     prepare_parser.add_argument("--detectron2-archive", default=str(DEFAULT_ARCHIVE))
     run_parser = commands.add_parser("run", help="build, test and benchmark on the GPU")
-    run_parser.add_argument("--out", help="results folder (default: $OUT, else "
-                                          "output/gpu_check)")
+    run_parser.add_argument("--out", default=str(DEFAULT_OUT),
+                            help="folder for results and logs (default: output/gpu_check in "
+                                 "the repository)")
     run_parser.add_argument("--work", default="/tmp/gpu_check",
                             help="scratch folder, emptied first (default: %(default)s)")
     run_parser.add_argument("--budget", type=float, default=480,

@@ -54,9 +54,8 @@ from fvcore.nn.jit_handles import get_shape
 import grouppose.modeling.meta_arch as meta_arch
 from grouppose.checkpoint import SafeCheckpointer, add_trust_pickle_argument
 from grouppose.collect_env import cpu_info, format_cpu_info
-from grouppose.deploy import OnnxPosePredictor, export_onnx
-from grouppose.export import GroupPoseExportModule
-from grouppose.inference_modes import (
+from grouppose.deploy import GroupPoseExportModule, OnnxPosePredictor, export_onnx
+from grouppose.evaluation.inference_modes import (
     DEFAULT_MODES,
     MODES,
     OUT_OF_THE_BOX_MODE,

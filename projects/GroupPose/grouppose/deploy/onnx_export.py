@@ -16,7 +16,6 @@ Needs torch, onnx and onnxscript (``pip install --no-build-isolation -e '.[deplo
 compiled op (``grouppose._C``).
 """
 
-import importlib
 import os
 from typing import Optional, Tuple, Union
 
@@ -25,8 +24,9 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 
 from grouppose.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, DeployMetadata
-from grouppose.export import GroupPoseExportModule
+from grouppose.deploy.torch_export import GroupPoseExportModule
 from grouppose.layers import plain_inference
+from grouppose.layers.ms_deform_attn_op import kernel_unavailable_reason
 from grouppose.modeling import GroupPose
 
 __all__ = ["MIN_DYNAMIC_SIZE", "OPSETS", "export_onnx", "ms_deform_attn_onnx"]
@@ -195,11 +195,9 @@ def export_onnx(
         raise ValueError(f"export_onnx: batch_size must be positive, got {batch_size}")
     if model.device.type != "cpu":
         raise ValueError(f"export_onnx: the model must be on the CPU, got {model.device}")
-    # (grouppose.layers exports the op's function under its module's name.)
-    extension_error = importlib.import_module("grouppose.layers.ms_deform_attn")._EXTENSION_ERROR
-    if extension_error is not None:
-        raise RuntimeError(f"export_onnx needs the compiled deformable attention: "
-                           f"{extension_error}")
+    reason = kernel_unavailable_reason(model.device)
+    if reason is not None:
+        raise RuntimeError(f"export_onnx needs the compiled deformable attention: {reason}")
     onnx = _require("onnx")
     _require("onnxscript")
 

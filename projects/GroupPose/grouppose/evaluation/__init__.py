@@ -1,4 +1,5 @@
-"""Keypoint evaluation: COCO (pycocotools via Detectron2) and CrowdPose (xtcocotools)."""
+"""Keypoint evaluation: COCO (pycocotools via Detectron2) and CrowdPose (xtcocotools); how
+closely the inference modes of one model agree (``grouppose.evaluation.inference_modes``)."""
 
 from grouppose.evaluation.build import build_keypoint_evaluator, keypoint_oks_sigmas
 from grouppose.evaluation.crowdpose import CROWDPOSE_METRICS, CrowdPoseEvaluator

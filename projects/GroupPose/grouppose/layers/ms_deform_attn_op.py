@@ -1,5 +1,5 @@
-"""Multi-scale deformable attention (Deformable DETR): the op, its pure-PyTorch reference and
-the ``MSDeformAttn`` module.
+"""The multi-scale deformable attention op of Deformable DETR (``ms_deform_attn``) and its
+pure-PyTorch reference; the module around it is ``grouppose.layers.MSDeformAttn``.
 
 Shapes used throughout:
     B batch, S = sum_l H_l * W_l flattened positions of all levels, M heads, D channels per head,
@@ -8,7 +8,9 @@ Shapes used throughout:
 ``ms_deform_attn`` runs ``torch.ops.grouppose.ms_deform_attn``, the C++/CUDA op compiled into
 ``grouppose._C`` (see ``csrc/``); importing this module loads it and registers the op's fake
 kernel and autograd formula. Without the extension (or without a kernel for the inputs' device)
-it falls back to ``ms_deform_attn_reference`` and warns once, naming the reason.
+it falls back to ``ms_deform_attn_reference`` and warns once, naming the reason. Inside
+``reference_op()`` it computes with the reference on purpose, as the official implementation
+does (the benchmarks' and the mode checks' reference mode).
 
 Dtypes: value is float32, float64, float16 or bfloat16, and the output has its dtype.
 sampling_locations and attention_weights have value's dtype, or float32 when value is float16 /
@@ -18,17 +20,21 @@ dtype to float32 itself. The kernels read half-precision values as they are (no 
 and compute in float32.
 """
 
-import math
+import contextlib
 import warnings
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .linear import Linear
-
-__all__ = ["MSDeformAttn", "ms_deform_attn", "ms_deform_attn_reference"]
+__all__ = [
+    "kernel_unavailable_reason",
+    "ms_deform_attn",
+    "ms_deform_attn_reference",
+    "reference_op",
+    "reference_op_enabled",
+]
 
 _OP_NAME = "grouppose::ms_deform_attn"
 _BACKWARD_OP_NAME = "grouppose::ms_deform_attn_backward"
@@ -50,6 +56,29 @@ def _load_extension() -> Optional[str]:
 
 _EXTENSION_ERROR = _load_extension()
 _warned_reasons = set()
+_reference_forced = False  # inside reference_op()
+
+
+def reference_op_enabled() -> bool:
+    """Whether ``ms_deform_attn`` computes with ``ms_deform_attn_reference`` (inside
+    ``reference_op``)."""
+    return _reference_forced
+
+
+@contextlib.contextmanager
+def reference_op() -> Iterator[None]:
+    """``ms_deform_attn`` computes with its pure-PyTorch reference inside the ``with`` block,
+    for A/B comparisons with the official implementation's arithmetic:
+
+        with torch.no_grad(), grouppose.layers.reference_op():
+            outputs = model(inputs)
+    """
+    global _reference_forced
+    previous, _reference_forced = _reference_forced, True
+    try:
+        yield
+    finally:
+        _reference_forced = previous
 
 
 def _kernel_device_types() -> frozenset:
@@ -64,7 +93,7 @@ def _kernel_device_types() -> frozenset:
     )
 
 
-def _kernel_unavailable_reason(device: torch.device) -> Optional[str]:
+def kernel_unavailable_reason(device: torch.device) -> Optional[str]:
     """Why the compiled op cannot run on ``device``, or None when it can."""
     if _EXTENSION_ERROR is not None:
         return _EXTENSION_ERROR
@@ -213,7 +242,8 @@ def ms_deform_attn(
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
-    """Multi-scale deformable attention core.
+    """Multi-scale deformable attention core: the compiled op, or ``ms_deform_attn_reference``
+    inside ``reference_op()`` and where the op has no kernel.
 
     Args:
         value: (B, S, M, D) values of all levels, flattened level by level, row-major.
@@ -240,21 +270,23 @@ def ms_deform_attn(
             for tensor in (sampling_locations, attention_weights)
         )
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    reason = _kernel_unavailable_reason(value.device)
-    if reason is not None:
-        _warn_fallback_once(reason)
-        output = ms_deform_attn_reference(
+    use_reference = _reference_forced
+    if not use_reference:
+        reason = kernel_unavailable_reason(value.device)
+        if reason is not None:
+            _warn_fallback_once(reason)
+            use_reference = True
+    if use_reference:
+        return ms_deform_attn_reference(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
-    else:
-        output = torch.ops.grouppose.ms_deform_attn(
-            value.contiguous(),
-            spatial_shapes.contiguous(),
-            level_start_index.contiguous(),
-            sampling_locations.contiguous(),
-            attention_weights.contiguous(),
-        )
-    return output
+    return torch.ops.grouppose.ms_deform_attn(
+        value.contiguous(),
+        spatial_shapes.contiguous(),
+        level_start_index.contiguous(),
+        sampling_locations.contiguous(),
+        attention_weights.contiguous(),
+    )
 
 
 def ms_deform_attn_reference(
@@ -334,120 +366,3 @@ def _register_op_python_parts() -> None:
 if _EXTENSION_ERROR is None:
     _register_op_python_parts()
 _KERNEL_DEVICE_TYPES = _kernel_device_types()
-
-
-class MSDeformAttn(nn.Module):
-    """Multi-scale deformable attention (Deformable DETR) with its projections.
-
-    Each query predicts, per head, level and point, a sampling offset and an attention weight
-    (softmaxed over levels x points) from its own feature; the value is a projection of the
-    flattened multi-level input.
-    """
-
-    def __init__(
-        self, *, dim: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4
-    ):
-        """
-        Args:
-            dim: channels of the queries, the values and the output (C).
-            num_heads: attention heads (M); each attends to dim / num_heads channels, so it
-                must divide dim (for a Group Pose model the config check says so, in terms of
-                its keys, before any layer is built).
-            num_levels: feature levels sampled (L).
-            num_points: sampling points per head and level (P).
-        """
-        super().__init__()
-        self.dim = dim
-        self.num_heads = num_heads
-        self.num_levels = num_levels
-        self.num_points = num_points
-        self.sampling_offsets = Linear(dim, num_heads * num_levels * num_points * 2)
-        self.attention_weights = Linear(dim, num_heads * num_levels * num_points)
-        self.value_proj = Linear(dim, dim)
-        self.output_proj = Linear(dim, dim)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Deformable DETR initialisation: point k of head h starts k + 1 cells away from the
-        reference in direction 2*pi*h / num_heads (on a square ring), with uniform attention."""
-        nn.init.zeros_(self.sampling_offsets.weight)
-        angles = torch.arange(self.num_heads, dtype=torch.float32) * (2 * math.pi / self.num_heads)
-        directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (M, 2)
-        directions = directions / directions.abs().max(dim=-1, keepdim=True).values
-        distances = torch.arange(1, self.num_points + 1, dtype=torch.float32)
-        offsets = directions[:, None, None, :] * distances[None, None, :, None]  # (M, 1, P, 2)
-        offsets = offsets.expand(-1, self.num_levels, -1, -1)  # (M, L, P, 2)
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(offsets.flatten())
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        for projection in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(projection.weight)
-            nn.init.zeros_(projection.bias)
-
-    def forward(
-        self,
-        query: Tensor,
-        reference_points: Tensor,
-        input_flatten: Tensor,
-        input_spatial_shapes: Tensor,
-        input_level_start_index: Tensor,
-        input_padding_mask: Optional[Tensor] = None,
-    ) -> Tensor:
-        """
-        Args:
-            query: (B, Lq, C) query features.
-            reference_points: (B, Lq, L, 2) points (x, y) in [0, 1], offsets are in cells of
-                each level; or (B, Lq, L, 4) boxes (cx, cy, w, h), offsets are in units of
-                half the box size / num_points.
-            input_flatten: (B, S, C) features of all levels, flattened level by level.
-            input_spatial_shapes: (L, 2) int64 (H, W) of each level.
-            input_level_start_index: (L,) int64 offset of each level in S.
-            input_padding_mask: (B, S) bool, True on padding (its value is zeroed), or None.
-
-        Returns:
-            (B, Lq, C).
-        """
-        B, Lq, _ = query.shape
-        S = input_flatten.shape[1]
-        M, L, P = self.num_heads, self.num_levels, self.num_points
-        if reference_points.dim() != 4 or tuple(reference_points.shape[:3]) != (B, Lq, L) or (
-            reference_points.shape[3] not in (2, 4)
-        ):
-            raise ValueError(
-                f"MSDeformAttn: reference_points must have shape (B, Lq, L, 2 or 4) = "
-                f"({B}, {Lq}, {L}, 2 or 4), got {tuple(reference_points.shape)}"
-            )
-        if input_padding_mask is not None and tuple(input_padding_mask.shape) != (B, S):
-            raise ValueError(
-                f"MSDeformAttn: input_padding_mask must have shape (B, S) = ({B}, {S}), "
-                f"got {tuple(input_padding_mask.shape)}"
-            )
-
-        value = self.value_proj(input_flatten)
-        if input_padding_mask is not None:
-            value = value.masked_fill(input_padding_mask[..., None], 0.0)
-        value = value.view(B, S, M, self.dim // M)
-
-        offsets = self.sampling_offsets(query).view(B, Lq, M, L, P, 2)
-        weights = self.attention_weights(query).view(B, Lq, M, L * P).softmax(dim=-1)
-        weights = weights.view(B, Lq, M, L, P)
-
-        if reference_points.shape[-1] == 2:
-            # reference + offset / (W, H) of its level, computed over rows of L * P * 2 values
-            # (references and level sizes repeated per point): broadcasting pairs instead is
-            # 5x slower on the CPU. Level sizes in float32: under bfloat16 autocast they would
-            # round above 256.
-            level_sizes_xy = input_spatial_shapes.flip(-1).to(torch.float32)  # (L, 2) = (W, H)
-            locations = torch.addcdiv(
-                reference_points.repeat(1, 1, 1, P).view(B, Lq, 1, L * P * 2),
-                offsets.view(B, Lq, M, L * P * 2),
-                level_sizes_xy.repeat(1, P).view(L * P * 2),
-            ).view(B, Lq, M, L, P, 2)
-        else:
-            references = reference_points[:, :, None, :, None, :]  # (B, Lq, 1, L, 1, 4)
-            locations = references[..., :2] + offsets / P * references[..., 2:] * 0.5
-        output = ms_deform_attn(
-            value, input_spatial_shapes, input_level_start_index, locations, weights
-        )
-        return self.output_proj(output)

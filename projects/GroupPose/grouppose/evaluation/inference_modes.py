@@ -6,20 +6,22 @@ TF32 on CUDA, and the reference: the pure-PyTorch op without fused paths, in flo
 computes as the official implementation does. The benchmarks time the modes
 (tools/benchmarks/bench_inference.py) and check that each one predicts the reference's poses
 (tools/benchmarks/check_inference_modes.py) with ``inference_mode`` and ``pose_agreement``.
+
+A mode is made of the model's own switches, each usable alone: the model's ``inference_dtype``
+attribute (read at every forward), ``grouppose.layers.reference_op()`` and
+``grouppose.layers.plain_inference()``, and PyTorch's TF32 flags.
 """
 
 import contextlib
-import importlib
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, NamedTuple, Tuple
-from unittest import mock
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from detectron2.structures import Instances
 from torch import Tensor, nn
 
 from grouppose.config import INFERENCE_DTYPES
-from grouppose.layers import ms_deform_attn_reference, plain_inference
+from grouppose.layers import plain_inference, reference_op
 from grouppose.modeling.oks import pairwise_keypoint_similarity
 
 __all__ = [
@@ -39,7 +41,7 @@ __all__ = [
 class Mode:
     dtype: str  # the arithmetic: fp32 | tf32 | fp16 | bf16
     devices: Tuple[str, ...]
-    op: str = "compiled"  # or "reference": ms_deform_attn_reference
+    op: str = "compiled"  # or "reference": run inside grouppose.layers.reference_op()
     plain: bool = False  # run inside grouppose.layers.plain_inference()
 
 
@@ -56,9 +58,6 @@ DEFAULT_MODES: Dict[str, List[str]] = {
 }
 OUT_OF_THE_BOX_MODE = "fp32"  # what the predictor runs with the default config
 REFERENCE_MODE = "reference"
-# The module whose ms_deform_attn MSDeformAttn calls (grouppose.layers exports the function
-# under the module's name, so the module is looked up by name).
-_OP_MODULE = importlib.import_module("grouppose.layers.ms_deform_attn")
 
 
 def check_mode(name: str, device: torch.device) -> Mode:
@@ -73,21 +72,43 @@ def check_mode(name: str, device: torch.device) -> Mode:
 
 
 @contextlib.contextmanager
+def _inference_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> Iterator[None]:
+    """``model`` (a GroupPose) autocasts inference to ``dtype`` (None: float32) in the block."""
+    previous, model.inference_dtype = model.inference_dtype, dtype
+    try:
+        yield
+    finally:
+        model.inference_dtype = previous
+
+
+@contextlib.contextmanager
+def _tf32() -> Iterator[None]:
+    """TF32 CUDA matmuls and cuDNN convolutions in the block (PyTorch's global flags)."""
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    previous = [backend.allow_tf32 for backend in backends]
+    try:
+        for backend in backends:
+            backend.allow_tf32 = True
+        yield
+    finally:
+        for backend, allowed in zip(backends, previous):
+            backend.allow_tf32 = allowed
+
+
+@contextlib.contextmanager
 def inference_mode(model: nn.Module, name: str) -> Iterator[None]:
-    """Inside the block, ``model`` (a GroupPose) runs the mode called ``name``."""
+    """Inside the block, ``model`` (a GroupPose) runs the mode called ``name``; everything it
+    switches is restored after."""
     mode = check_mode(name, model.device)
     with contextlib.ExitStack() as stack:
         dtype = "fp32" if mode.dtype == "tf32" else mode.dtype
-        stack.enter_context(mock.patch.object(model, "inference_dtype", INFERENCE_DTYPES[dtype]))
+        stack.enter_context(_inference_dtype(model, INFERENCE_DTYPES[dtype]))
         if mode.op == "reference":
-            stack.enter_context(
-                mock.patch.object(_OP_MODULE, "ms_deform_attn", ms_deform_attn_reference)
-            )
+            stack.enter_context(reference_op())
         if mode.plain:
             stack.enter_context(plain_inference())
         if mode.dtype == "tf32":
-            stack.enter_context(mock.patch.object(torch.backends.cuda.matmul, "allow_tf32", True))
-            stack.enter_context(mock.patch.object(torch.backends.cudnn, "allow_tf32", True))
+            stack.enter_context(_tf32())
         yield
 
 
