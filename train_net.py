@@ -26,8 +26,8 @@ from grouppose.checkpoint import SafeCheckpointer
 from grouppose.config import fall_back_to_cpu, get_grouppose_cfg, inference_model_config
 from grouppose.data.command_line import register_command_line_datasets
 from grouppose.engine import Trainer
-from grouppose.engine.launch import launch_command
-from grouppose.engine.launch import training_argument_parser as get_parser
+from grouppose.engine.launcher import launch_command
+from grouppose.engine.launcher import training_argument_parser as get_parser
 
 
 def setup(args) -> CfgNode:

@@ -26,8 +26,8 @@ from detectron2.engine import default_setup
 from grouppose.checkpoint import SafeCheckpointer
 from grouppose.config import available_device
 from grouppose.data.command_line import register_command_line_datasets
-from grouppose.engine.launch import launch_command
-from grouppose.engine.launch import training_argument_parser as get_parser
+from grouppose.engine.launcher import launch_command
+from grouppose.engine.launcher import training_argument_parser as get_parser
 from grouppose.engine.lazy import LazyTrainer, build_lazy_model, lazy_test
 
 

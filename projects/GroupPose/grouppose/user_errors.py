@@ -7,7 +7,7 @@ missing file) with the exceptions of ``USER_ERRORS`` and a message that names th
 Every command (train_net.py, demo.py, tools/) runs inside ``exit_on_user_error``; any other
 exception is a bug and keeps its traceback (and so does every error with the environment variable
 ``GROUPPOSE_TRACEBACK=1``, for when a ValueError deep in a library needs its stack). In a
-multi-process run (``grouppose.engine.launch``)
+multi-process run (``grouppose.engine.launch``, in ``grouppose.engine.launcher``)
 the training processes hand their messages to the launcher (``user_errors_of_processes``), which
 reports each distinct one once, instead of a traceback of torch.multiprocessing.
 """

@@ -1,6 +1,6 @@
 """Training: the Trainer, the paper's optimizer, the resumable data stream and launching."""
 
-from .launch import launch
+from .launcher import launch
 from .optimizer import build_optimizer, with_full_model_clipping
 from .train_loop import NonFiniteLossError, check_losses_finite
 from .trainer import Trainer
