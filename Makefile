@@ -55,14 +55,14 @@ $(STAMPS)/xtcocotools: $(STAMPS)/detectron2
 # Editable install with the test, deploy (ONNX export, ONNX Runtime), track (tracking) and app
 # (Gradio, for the browser demo) extras; rebuilds the compiled op (grouppose._C) when its
 # sources change. norfair (the tracker) pins numpy < 2 in its metadata although its code runs on
-# numpy 2 (tests/test_tracking.py), so it is installed without dependencies; the track extra
+# numpy 2 (tests/tracking/test_tracking.py), so it is installed without dependencies; the track extra
 # brings the rest.
 $(STAMPS)/grouppose: $(STAMPS)/detectron2 $(STAMPS)/xtcocotools setup.py $(CSRC)
 	$(PIP) install --quiet --no-build-isolation -e ".[test,deploy,track,app]"
 	$(PIP) install --quiet --no-deps "norfair==2.3.0"
 	@touch $@
 
-# The browser demo's test (tests/test_app.py) drives Debian's Chromium with Selenium, and is
+# The browser demo's test (tests/app/test_app.py) drives Debian's Chromium with Selenium, and is
 # skipped where they are absent. apt-get runs only when chromium or chromedriver is missing.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 

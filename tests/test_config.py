@@ -13,7 +13,7 @@ import yaml
 from conftest import REPO_ROOT
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
-from tiny_grouppose import tiny_config
+from helpers.tiny_grouppose import tiny_config
 
 import grouppose  # noqa: F401  (registers the GroupPose meta-architecture)
 from grouppose.config import add_grouppose_config, check_grouppose_config, get_grouppose_cfg

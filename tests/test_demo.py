@@ -1,6 +1,5 @@
 """demo.py: images, folders, globs and videos in; drawn skeletons, counts and latency out."""
 
-import importlib.util
 import os
 import re
 
@@ -10,19 +9,10 @@ import pytest
 import torch
 from detectron2.data import Metadata, MetadataCatalog
 from detectron2.structures import Instances
-from tiny_grouppose import NUM_INSTANCES, REPO_ROOT, save_tiny_model
+from helpers.tiny_grouppose import NUM_INSTANCES, save_tiny_model
 
+from grouppose import demo
 from grouppose.visualization import draw_poses
-
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("grouppose_demo", REPO_ROOT / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
 
 
 @pytest.fixture(scope="module")

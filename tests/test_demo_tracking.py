@@ -1,19 +1,18 @@
 """demo.py --track / --smooth / --output-json: the options' checks and their wiring, on the
-tiny random model (what it finds is meaningless; tests/test_tracking_video.py checks ids)."""
+tiny random model (what it finds is meaningless; tests/tracking/test_tracking_video.py checks
+ids)."""
 
-import importlib.util
 import json
 
 import cv2
 import numpy as np
 import pytest
-from tiny_grouppose import NUM_INSTANCES, REPO_ROOT, save_tiny_model
+from helpers.tiny_grouppose import NUM_INSTANCES, save_tiny_model
+
+from grouppose import demo
 
 pytest.importorskip("norfair", reason="the tracker needs the 'track' extra")
 
-spec = importlib.util.spec_from_file_location("grouppose_demo", REPO_ROOT / "demo.py")
-demo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(demo)
 
 
 @pytest.fixture(scope="module")

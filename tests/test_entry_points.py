@@ -3,7 +3,6 @@ MODEL.DEVICE that falls back to the CPU (with one warning) where there is no CUD
 as in inference."""
 
 import logging
-import runpy
 import subprocess
 import sys
 
@@ -11,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from tiny_grouppose import REPO_ROOT
-from training_utils import subprocess_env
+from helpers.tiny_grouppose import REPO_ROOT
+from helpers.training_utils import subprocess_env
 
+import train_net
 from grouppose.config import fall_back_to_cpu, get_grouppose_cfg
 from grouppose.predictor import build_inference_config
 
@@ -44,12 +44,11 @@ def test_only_that_warning_is_silenced():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_falls_back_to_cpu_with_one_warning(caplog, tmp_path):
-    train_net = runpy.run_path(str(REPO_ROOT / "train_net.py"))
-    args = train_net["get_parser"]().parse_args(
+    args = train_net.get_parser().parse_args(
         ["--config-file", str(REPO_ROOT / "configs" / "Synthetic" / "grouppose_tiny.yaml"),
          "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cuda"])
     with caplog.at_level(logging.WARNING, logger="grouppose.config"):
-        cfg = train_net["setup"](args)
+        cfg = train_net.setup(args)
     assert cfg.MODEL.DEVICE == "cpu"
     warnings = [r for r in caplog.records if r.name == "grouppose.config"]
     assert len(warnings) == 1 and "no CUDA device" in warnings[0].getMessage()

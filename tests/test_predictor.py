@@ -1,7 +1,6 @@
 """Inference for users: Detectron2's DefaultPredictor with Group Pose (official weights through
 the converter) and the Python API (grouppose.predict / GroupPosePredictor), incl. image reading."""
 
-import importlib.util
 import math
 from unittest import mock
 
@@ -11,25 +10,18 @@ import pytest
 import torch
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
-from tiny_grouppose import BASE_CONFIG, NUM_INSTANCES, REPO_ROOT, save_tiny_model
+from helpers.tiny_grouppose import BASE_CONFIG, NUM_INSTANCES, save_tiny_model
 
 import grouppose
 from grouppose.config import get_grouppose_cfg
 from grouppose.image_io import as_bgr_uint8, read_image
 from grouppose.predictor import GroupPosePredictor, PosePrediction, build_inference_config
+from tools import convert_official_checkpoint
 
 # The reference weights: ResNet-50, 2 encoder / 2 decoder layers, N = 20 (see its README).
 OFFICIAL_NUM_INSTANCES = 20
 NUM_KEYPOINTS = 17
 KEYPOINT_SCORE = 1 / (1 + math.exp(-1))
-
-
-def _load_converter():
-    path = REPO_ROOT / "tools" / "convert_official_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("convert_official_checkpoint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +35,7 @@ def official_predictor(reference_dir, tmp_path_factory):
         "MODEL.GROUP_POSE.NUM_INSTANCES", str(OFFICIAL_NUM_INSTANCES),
     ]
     weights = tmp_path_factory.mktemp("official") / "grouppose_official_converted.pth"
-    converter = _load_converter()
+    converter = convert_official_checkpoint
     assert converter.main([
         str(reference_dir / "weights_official.pt"), str(weights),
         "--config-file", str(BASE_CONFIG), *architecture,

@@ -202,8 +202,9 @@ def cuda_home() -> Optional[str]:
 
 
 def cuda_test_files() -> List[str]:
-    return sorted(str(path.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "tests").glob("*.py")
-                  if "mark.cuda" in path.read_text())
+    """The test files (in any folder of tests/) that have CUDA tests."""
+    tests = sorted((REPO_ROOT / "tests").rglob("test_*.py"))
+    return [str(path.relative_to(REPO_ROOT)) for path in tests if "mark.cuda" in path.read_text()]
 
 
 def inference_records(results: List[Dict], device_name: str) -> List[Dict]:
