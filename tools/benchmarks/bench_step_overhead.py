@@ -104,6 +104,7 @@ def _agreement_worker(rank: int, world_size: int, port: int, calls: int, queue) 
         times.append(time.perf_counter() - start)
     if rank == 0:
         queue.put(statistics.median(times))
+    dist.barrier()  # neither process tears the group down while the other still uses it
     dist.destroy_process_group()
 
 
