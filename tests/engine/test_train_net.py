@@ -9,7 +9,6 @@ import pytest
 import torch
 from helpers.training_utils import (
     FAST_OPTS,
-    REPO_ROOT,
     TINY_CONFIG,
     register_tiny_datasets,
     run_train_net,
@@ -116,9 +115,8 @@ def test_real_divergence_stops_with_the_diverged_outputs_named(tmp_path):
         trainer.train()
 
 
-def test_learning_benchmark_writes_curve_and_drawings(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "tools" / "benchmarks"))
-    import learn_synthetic
+def test_learning_benchmark_writes_curve_and_drawings(tmp_path):
+    from tools.benchmarks import learn_synthetic
 
     register_tiny_datasets(tmp_path / "data")
     output_dir = tmp_path / "benchmark"

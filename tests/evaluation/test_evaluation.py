@@ -227,12 +227,10 @@ def test_coco_evaluation_works_without_xtcocotools_and_crowdpose_says_what_to_in
     assert "CrowdPose evaluation needs xtcocotools: pip install" in result.stdout
 
 
-def test_score_oracle_ranks_each_persons_best_detection_first(tmp_path, monkeypatch):
+def test_score_oracle_ranks_each_persons_best_detection_first(tmp_path):
     """tools/benchmarks/score_oracle.py: with the right detections present but misranked
     (a duplicate and a false detection above them), the oracle scores reach AP 100."""
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    monkeypatch.syspath_prepend(os.path.join(repo_root, "tools", "benchmarks"))
-    import score_oracle
+    from tools.benchmarks import score_oracle
 
     def person(x0: float) -> list:
         points = np.stack([x0 + np.arange(17) * 2.0, 20.0 + np.arange(17) * 3.0,

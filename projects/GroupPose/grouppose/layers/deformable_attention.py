@@ -26,9 +26,7 @@ class MSDeformAttn(nn.Module):
     flattened multi-level input.
     """
 
-    def __init__(
-        self, *, dim: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4
-    ):
+    def __init__(self, *, dim: int, num_heads: int, num_levels: int, num_points: int):
         """
         Args:
             dim: channels of the queries, the values and the output (C).
