@@ -10,9 +10,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
+from helpers import REPO_ROOT
 from helpers.tiny_grouppose import tiny_config
 
 import grouppose  # noqa: F401  (registers the GroupPose meta-architecture)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Set
 
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 PACKAGE_ROOT = REPO_ROOT / "projects" / "GroupPose"
 PACKAGE = "grouppose"

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Iterator, List
 
 import pytest
+from helpers import REPO_ROOT
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1] / "projects" / "GroupPose" / "grouppose"
+PACKAGE_DIR = REPO_ROOT / "projects" / "GroupPose" / "grouppose"
 MOCK_MODULES = ("mock", "unittest.mock")
 
 

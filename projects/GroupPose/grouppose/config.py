@@ -1,9 +1,10 @@
 """Group Pose config keys (``cfg.MODEL.GROUP_POSE.*``) and the Detectron2 defaults it needs.
 
 A leaf of the package: the model (grouppose.modeling) reads the config, never the other way
-round. This module checks what a config alone can tell (each key's type and range); the rules
-of the network's structure (GroupNorm groups, attention heads, feature levels, the ablation
-switches' combinations) are checked where the network is built, by the parts that own them.
+round. This module checks what a config alone can tell: each key's type and range, and that
+NHEADS divides HIDDEN_DIM (which every attention layer, of two kinds, needs); the other rules of
+the network's structure (GroupNorm groups, feature levels, the ablation switches' combinations)
+are checked where the network is built, by the parts that own them.
 """
 
 import logging
@@ -178,8 +179,8 @@ _UNIT_INTERVAL = _Rule("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v 
 # MODEL.GROUP_POSE.<KEY> -> its rule. The ablation switches (SELF_ATTN ... SCORE_FROM) are
 # checked by grouppose.modeling.variants.DecoderVariant, which also knows their valid combinations.
 # Rules between keys belong to the parts built from them: HIDDEN_DIM a multiple of the GroupNorm
-# groups and NUM_FEATURE_LEVELS >= len(IN_FEATURES) (InputProjection), NHEADS dividing
-# HIDDEN_DIM (MSDeformAttn), KEYPOINT_CONFIDENCE with keypoint queries (its heads' builder).
+# groups and NUM_FEATURE_LEVELS >= len(IN_FEATURES) (InputProjection), KEYPOINT_CONFIDENCE with
+# keypoint queries (its heads' builder); NHEADS dividing HIDDEN_DIM is check_grouppose_config's.
 _RULES: Dict[str, _Rule] = {
     "NUM_INSTANCES": _integer(1),
     "NUM_KEYPOINTS": _integer(1),
